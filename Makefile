@@ -1,0 +1,64 @@
+# onedotzero: every target sets up what it needs (`make setup` is idempotent and fast when done).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INVENTORY ?= $(if $(wildcard cluster.yml),cluster.yml,testbed/cluster.yml)
+PYTEST_ARGS ?=
+
+# Debian/Ubuntu packages the toolkit and its virtual cluster call.
+APT_PACKAGES := python3-venv rsync openssh-client openssh-server gpg gpg-agent iproute2 \
+	debootstrap squashfs-tools zstd xorriso debian-archive-keyring \
+	dnsmasq-base nginx-light nfs-ganesha nfs-ganesha-vfs rpcbind \
+	pxelinux syslinux-common syslinux-efi ipxe \
+	qemu-system-x86 qemu-utils ovmf ipxe-qemu procps psmisc
+
+.PHONY: help setup apt venv test test-unit test-integration lint image demo testbed-up testbed-down clean
+help:  ## List targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+setup: apt venv  ## Install Debian packages (as root) and the Python venv; idempotent
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "make setup: run as root to install: $$missing" >&2; exit 1; fi; \
+	  echo "installing: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+test: setup  ## Run every test tier (integration tiers need root, as in CI)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-unit: venv  ## Fast unit and golden-file tests only
+	$(VENV)/bin/pytest -m 'not integration' $(PYTEST_ARGS)
+
+test-integration: setup  ## Root/QEMU/namespace tests only
+	$(VENV)/bin/pytest -m integration $(PYTEST_ARGS)
+
+lint: venv  ## ruff, yamllint, ansible-lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/yamllint -s .
+	cd playbooks && ../$(VENV)/bin/ansible-lint --offline -q .
+
+image: setup  ## Build the inventory's golden image (INVENTORY=path)
+	$(PY) cluster.py -i $(INVENTORY) image build golden
+
+demo: setup  ## The virtual cluster end to end: build, serve, boot, status, tear down (KEEP=1 keeps it)
+	$(PY) -m testbed.demo $(if $(KEEP),--keep,)
+
+testbed-up: setup  ## Start the virtual cluster and leave it running
+	$(PY) cluster.py -i testbed/cluster.yml testbed up
+
+testbed-down:  ## Stop the virtual cluster
+	$(PY) cluster.py -i testbed/cluster.yml testbed down
+
+clean:  ## Remove the venv and caches in the clone (not the image store or download cache)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

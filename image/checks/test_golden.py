@@ -1,0 +1,100 @@
+"""What a golden image promises, checked on the built tree before it is published.
+
+Run by image/golden.py: pytest --connection=chroot --hosts=<rootfs> image/checks
+"""
+
+import re
+
+
+def test_admin_user_can_sudo(host, expect):
+    user = host.user(expect["admin_user"])
+    assert user.exists
+    assert user.home == f"/home/{expect['admin_user']}"
+    assert "sudo" in user.groups
+    assert host.file("/etc/sudoers.d/onedotzero").contains(f"^{expect['admin_user']} ALL=")
+
+
+def test_admin_password_is_hashed_or_locked(host, expect):
+    shadow = host.file("/etc/shadow").content_string
+    field = next(line.split(":")[1] for line in shadow.splitlines() if line.startswith(expect["admin_user"] + ":"))
+    assert field == "!" or field.startswith("$"), "password must be a crypt hash or locked"
+
+
+def test_admin_key_authorized(host, expect):
+    keys = host.file(f"/home/{expect['admin_user']}/.ssh/authorized_keys")
+    assert keys.exists and keys.mode == 0o600 and keys.user == expect["admin_user"]
+    assert expect["admin_key"] in keys.content_string
+
+
+def test_sshd_enabled_with_keys_only(host):
+    assert host.file("/etc/systemd/system/multi-user.target.wants/ssh.service").exists
+    conf = host.file("/etc/ssh/sshd_config.d/onedotzero.conf")
+    assert conf.contains("^PasswordAuthentication no")
+    assert conf.contains("^PermitRootLogin no")
+
+
+def test_host_keys_made_at_boot_not_baked_in(host):
+    assert not host.run("ls /etc/ssh/ | grep ssh_host_").stdout.strip()
+    assert host.file("/etc/systemd/system/ssh.service.requires/onedotzero-ssh-hostkeys.service").exists
+
+
+def test_no_private_keys_or_build_secrets(host):
+    found = host.run(
+        "grep -rlE 'BEGIN (OPENSSH|RSA|EC|DSA)? ?PRIVATE KEY' /etc /root /home /var 2>/dev/null || true"
+    ).stdout.split()
+    assert found == []
+    assert not host.file("/usr/sbin/policy-rc.d").exists
+    assert not host.file("/etc/resolv.conf.onedotzero-build").exists
+    assert not host.file("/root/.ansible").exists
+
+
+def test_kernel_and_initrd_present(host):
+    kernels = host.run("ls /boot/vmlinuz-*").stdout.split()
+    assert kernels
+    for k in kernels:
+        assert host.file(k.replace("vmlinuz-", "initrd.img-")).exists
+
+
+def test_initramfs_netboots_with_live_boot(host):
+    initrd = host.run("ls /boot/initrd.img-* | tail -1").stdout.strip()
+    listing = host.run(f"lsinitramfs {initrd}")
+    assert listing.rc == 0
+    assert re.search(r"lib/live/boot/9990-mount-nfs.sh", listing.stdout)
+    assert re.search(r"/(virtio_net|e1000e?)\.ko", listing.stdout), "NIC drivers missing: MODULES=netboot?"
+    assert host.file("/etc/initramfs-tools/conf.d/onedotzero.conf").contains("^MODULES=netboot")
+
+
+def test_machine_id_empty(host):
+    assert host.file("/etc/machine-id").size == 0
+    assert not host.file("/var/lib/dbus/machine-id").exists
+
+
+def test_hostname_comes_from_dhcp(host):
+    assert host.file("/etc/hostname").content_string.strip() == ""
+
+
+def test_models_in_fstab(host, expect):
+    fstab = host.file("/etc/fstab").content_string
+    line = next(ln for ln in fstab.splitlines() if " /models " in ln)
+    assert line.startswith(f"LABEL={expect['models_label']} ")
+    assert "nofail" in line
+    assert host.file("/models").is_directory
+
+
+def test_wake_on_lan_link(host, expect):
+    link = host.file("/etc/systemd/network/50-onedotzero-wol.link")
+    assert link.contains("^WakeOnLan=magic")
+    for mac in expect["wol_macs"]:
+        assert mac in link.content_string
+
+
+def test_release_stamp(host, expect):
+    stamp = host.file("/etc/onedotzero-release")
+    assert stamp.contains(f"^ONEDOTZERO_VERSION={expect['version']}$")
+    assert stamp.contains("^ONEDOTZERO_IMAGE=golden$")
+
+
+def test_no_daemon_dhcp_client_besides_ifupdown(host):
+    # live-boot configures the root NIC; a second DHCP client would fight over it.
+    assert not host.file("/etc/systemd/system/multi-user.target.wants/systemd-networkd.service").exists
+    assert host.package("ifupdown").is_installed

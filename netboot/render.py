@@ -1,0 +1,190 @@
+"""Renders the control node's service configs and the boot menus from the inventory and the image store.
+
+Whole-file Jinja templates under netboot/templates mirror their target paths:
+  etc/...   service drop-ins, deployed under a root directory (/ on the control node)
+  boot/...  iPXE scripts, written into the image store (served by nginx)
+  tftp/...  pxelinux files, written into the store's TFTP root
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from image.store import Store, Version
+from onedotzero import paths, profiles
+from onedotzero.inventory import Inventory, Node
+
+SERVICE_FILES = {
+    "dnsmasq": "etc/dnsmasq.d/onedotzero.conf",
+    "nginx": "etc/nginx/sites-available/onedotzero",
+    "nfs": "etc/exports.d/onedotzero.exports",
+    "ganesha": "etc/ganesha/onedotzero.conf",
+}
+# Boot loaders copied into the TFTP root, from Debian/Ubuntu packages (pxelinux, syslinux-common, ipxe).
+LOADERS = {
+    "lpxelinux.0": "/usr/lib/PXELINUX/lpxelinux.0",
+    "ldlinux.c32": "/usr/lib/syslinux/modules/bios/ldlinux.c32",
+    "menu.c32": "/usr/lib/syslinux/modules/bios/menu.c32",
+    "libutil.c32": "/usr/lib/syslinux/modules/bios/libutil.c32",
+    "undionly.kpxe": "/usr/lib/ipxe/undionly.kpxe",
+    "snponly.efi": "/usr/lib/ipxe/snponly.efi",
+    "ipxe.efi": "/usr/lib/ipxe/ipxe.efi",
+}
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(paths.TEMPLATES_DIR),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    autoescape=False,
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One bootable choice: an image version served a given way, or the local disk."""
+
+    label: str
+    title: str
+    kernel: str = ""
+    initrd: str = ""
+    args: str = ""
+    local: bool = False
+
+
+LOCAL = Entry("local", "Boot from the local disk", local=True)
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    proxy_dhcp: bool = False  # another DHCP server owns the segment: answer PXE only
+    nginx_log_dir: str = "/var/log/nginx"
+
+
+def render(template: str, **context) -> str:
+    return _env.get_template(template).render(**context)
+
+
+def image_entry(inv: Inventory, version: Version, root: str | None = None, node: Node | None = None) -> Entry:
+    """The boot entry for an image version; root is "nfs" or "http" for golden images."""
+    m = version.manifest()
+    ctl = inv.control.address
+    base = f"http://{ctl}/{version.kind}/{version.name}"
+    args = list(m.get("boot", {}).get("args", []))
+    if version.kind == "golden":
+        root = root or inv.image.root
+        if root == "nfs":
+            # Mount the export itself and point live-boot into it: no sub-directory mounts needed.
+            rel = version.path.relative_to(inv.image.store)
+            args = ["boot=live", "netboot=nfs", f"nfsroot={ctl}:{inv.image.store}",
+                    f"live-media-path=/{rel}/live", *args]
+        else:
+            args = ["boot=live", f"fetch={base}/{m['boot']['squashfs']}", *args]
+        title = f"golden {version.name} ({m.get('distro', '?')}, root over {root})"
+    else:
+        title = f"live {version.name} ({m.get('distro', '?')}, into RAM)"
+    if node is not None:
+        args += profiles.hardware(node.hardware).kernel_args
+    label = f"{version.kind}-{root}" if version.kind == "golden" else version.kind
+    return Entry(label, title, f"{base}/{m['boot']['kernel']}", f"{base}/{m['boot']['initrd']}", " ".join(args))
+
+
+def menu_entries(inv: Inventory, store: Store) -> tuple[list[Entry], str]:
+    """Menu for machines without a choice: newest live (the default), newest golden, local disk."""
+    entries = []
+    for kind in ("live", "golden"):
+        versions = store.versions(kind)
+        if versions:
+            entries.append(image_entry(inv, versions[-1]))
+    entries.append(LOCAL)
+    return entries, entries[0].label
+
+
+def service_files(inv: Inventory, opts: RenderOptions = RenderOptions()) -> dict[str, str]:
+    """The control node's service drop-ins, keyed by path relative to the deploy root."""
+    ctx = {
+        "inventory_path": inv.path,
+        "cluster": inv.cluster,
+        "control": inv.control,
+        "nodes": inv.nodes,
+        "store": inv.image.store,
+        "dns_servers": [str(a) for a in inv.control.dns_servers],
+        "proxy_dhcp": opts.proxy_dhcp,
+        "nginx_log_dir": opts.nginx_log_dir,
+    }
+    return {rel: render(f"{rel}.j2", **ctx) for rel in SERVICE_FILES.values()}
+
+
+def boot_files(inv: Inventory, store: Store) -> dict[str, str]:
+    """Menus shared by all machines, keyed by path relative to the store."""
+    entries, default = menu_entries(inv, store)
+    ctx = {"cluster": inv.cluster, "control": inv.control, "entries": entries, "default": default}
+    return {
+        "boot/default.ipxe": render("boot/default.ipxe.j2", **ctx),
+        "boot/menu.ipxe": render("boot/menu.ipxe.j2", **ctx),
+        "tftp/pxelinux.cfg/default": render("tftp/pxelinux.cfg/default.j2", **ctx),
+    }
+
+
+def node_files(inv: Inventory, node: Node, entry: Entry) -> dict[str, str]:
+    """One node's choice, in the names iPXE (${mac:hexhyp}) and pxelinux (01-<mac>) look for."""
+    ctx = {"control": inv.control, "node": node, "e": entry}
+    return {
+        f"boot/{node.mac_hyphen}.ipxe": render("boot/node.ipxe.j2", **ctx),
+        f"tftp/pxelinux.cfg/01-{node.mac_hyphen}": render("tftp/pxelinux.cfg/node.j2", **ctx),
+    }
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> bool:
+    """Replace path with text by write + rename (readers see old or new, never half). True if changed."""
+    try:
+        if path.read_text() == text:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def diff(path: Path, text: str) -> str:
+    try:
+        old = path.read_text().splitlines(keepends=True)
+    except FileNotFoundError:
+        old = []
+    return "".join(difflib.unified_diff(old, text.splitlines(keepends=True), str(path), f"{path} (rendered)"))
+
+
+def planned_files(inv: Inventory, root: Path, opts: RenderOptions = RenderOptions()) -> dict[Path, str]:
+    store = Store(inv.image.store)
+    files = {root / rel: text for rel, text in service_files(inv, opts).items()}
+    files.update({inv.image.store / rel: text for rel, text in boot_files(inv, store).items()})
+    return files
+
+
+def install_loaders(tftp_root: Path) -> list[str]:
+    """Copy the boot loaders into the TFTP root; returns those that changed."""
+    changed = []
+    tftp_root.mkdir(parents=True, exist_ok=True)
+    for name, src in LOADERS.items():
+        dest = tftp_root / name
+        if not dest.exists() or dest.read_bytes() != Path(src).read_bytes():
+            shutil.copyfile(src, dest)
+            changed.append(str(dest))
+    return changed

@@ -1,0 +1,1 @@
+"""onedotzero: build, serve and boot the OS of a small bare-metal inference cluster."""
