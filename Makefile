@@ -46,7 +46,7 @@ test-integration: setup  ## Root/QEMU/namespace tests only
 lint: venv  ## ruff, yamllint, ansible-lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/yamllint -s .
-	cd playbooks && ../$(VENV)/bin/ansible-lint --offline -q .
+	cd playbooks && PATH=$(abspath $(VENV))/bin:$$PATH ansible-lint --offline -q --profile production .
 
 image: setup  ## Build the inventory's golden image (INVENTORY=path)
 	$(PY) cluster.py -i $(INVENTORY) image build golden

@@ -13,6 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from onedotzero.venv import use_project_venv  # noqa: E402
+
+use_project_venv()
+
 import click  # noqa: E402
 
 from onedotzero import inventory as inv_mod  # noqa: E402

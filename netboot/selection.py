@@ -52,8 +52,11 @@ def point(inv: Inventory, spec: str, node_names: list[str] | tuple[str, ...],
     version: Version | None = None if kind == "local" else store.get(kind, name)
     ref = version.ref if version else "local"
     planned = []
+    entries: dict[str, render.Entry] = {}  # one per hardware profile: nodes alike boot alike
     for node in nodes:
-        entry = entry_for(inv, store, node, ref, root)
+        if node.hardware not in entries:
+            entries[node.hardware] = entry_for(inv, store, node, ref, root)
+        entry = entries[node.hardware]
         files = {inv.image.store / rel: text for rel, text in render.node_files(inv, node, entry).items()}
         state = json.dumps({"ref": ref, "root": root}) + "\n"
         planned.append((node, files, state))

@@ -5,6 +5,7 @@ Everything hardware- or distro-specific is data here; code elsewhere never branc
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def names(directory: Path) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.yml"))
 
 
+@functools.cache  # profiles are files of the checkout: read each once
 def hardware(name: str) -> HardwareProfile:
     path = paths.HARDWARE_DIR / f"{name}.yml"
     if not path.is_file():
@@ -69,6 +71,7 @@ def hardware(name: str) -> HardwareProfile:
     )
 
 
+@functools.cache
 def distro(name: str) -> DistroProfile:
     path = paths.DISTRO_DIR / f"{name}.yml"
     if not path.is_file():

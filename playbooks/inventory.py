@@ -11,6 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from onedotzero.venv import use_project_venv  # noqa: E402
+
+use_project_venv()
+
 from onedotzero import inventory  # noqa: E402
 from onedotzero.errors import UserError  # noqa: E402
 

@@ -39,8 +39,9 @@ def main(state: Path, bridge: str) -> None:
             print(f"{stamp} wol: ignored a magic packet for unknown MAC {mac} from {src}", flush=True)
             continue
         try:
-            start_vm(specs[mac], ns)
-            print(f"{stamp} wol: magic packet for {mac} from {src}: {specs[mac].name} powered on", flush=True)
+            started = start_vm(specs[mac], ns)
+            what = "powered on" if started else "already on"
+            print(f"{stamp} wol: magic packet for {mac} from {src}: {specs[mac].name} {what}", flush=True)
         except UserError as e:
             print(f"{stamp} wol: could not start {specs[mac].name}: {e}", flush=True)
 

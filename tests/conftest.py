@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,59 @@ def inventory_file(tmp_path, keypair) -> Path:
     return write_inventory(tmp_path, keypair)
 
 
-def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """cluster.py as a user runs it: a separate process, so tracebacks and exit codes are real."""
-    return subprocess.run([sys.executable, str(REPO / "cluster.py"), *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd or REPO, timeout=120)
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, netns: str | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    """cluster.py as a user runs it: a separate process, so tracebacks and exit codes are real.
+
+    netns runs it inside a network namespace (the virtual cluster's control node)."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    return subprocess.run([*prefix, sys.executable, str(REPO / "cluster.py"), *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, cwd=cwd or REPO, timeout=timeout)
+
+
+# --- integration fixtures: one golden build and one virtual cluster shared by the whole session ---------
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    outcome = yield
+    bed = item.funcargs.get("bed") if hasattr(item, "funcargs") else None
+    if outcome.excinfo is not None and bed is not None:
+        item.add_report_section("call", "virtual cluster logs", bed.diagnostics())
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    """A root-owned work area outside the clone (the build cache stays at the default, shared path)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    d = Path(f"/var/lib/onedotzero/pytest-{os.getpid()}")
+    d.mkdir(parents=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pytest", "-f", str(d / "id_ed25519")],
+                   check=True)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def make_testbed_inventory(workdir: Path, name: str = "cluster.yml", **image) -> Path:
+    """testbed/cluster.yml with the store, key and any image settings moved for this session."""
+    import yaml
+
+    data = yaml.safe_load((REPO / "testbed/cluster.yml").read_text())
+    data["image"]["store"] = str(workdir / "store")
+    data["image"].update(image)
+    data["admin"]["ssh_public_key"] = str(workdir / "id_ed25519.pub")
+    path = workdir / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="session")
+def golden_build(workdir):
+    """Builds the debian-12 golden image once (cached trees make later sessions fast)."""
+    inv = make_testbed_inventory(workdir)
+    start = time.monotonic()
+    proc = run_cli("-i", str(inv), "image", "build", "golden", timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    ref = proc.stdout.strip().splitlines()[-1]
+    return {"inventory": inv, "ref": ref, "version": ref.split("@")[1], "log": proc.stderr,
+            "seconds": time.monotonic() - start}

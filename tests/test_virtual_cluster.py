@@ -1,0 +1,188 @@
+"""The boot chain end to end in the virtual cluster: the toolkit's rendered dnsmasq/nginx/NFS configs
+serve QEMU nodes (SeaBIOS+iPXE and OVMF) that are woken by real magic packets, PXE-boot the golden
+image built by the toolkit, and are driven by `cluster.py compute` over SSH as `admin`.
+
+One cluster serves every test here (boots under TCG take about two minutes each).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, needs_root, run_cli
+
+from onedotzero import inventory, power
+from testbed.bed import Testbed
+
+pytestmark = [pytest.mark.integration, needs_root("qemu-system-x86_64", "dnsmasq", "nginx", "ganesha.nfsd")]
+BOOT_TIMEOUT = 900  # two TCG boots at once on 2 cores take 2-3 min; leave room for a loaded CI machine
+
+
+@pytest.fixture(scope="module")
+def bed(golden_build):
+    inv = inventory.load(golden_build["inventory"])
+    tb = Testbed(inv, f"t{os.getpid() % 100000}")
+    assert run_cli("-i", str(inv.path), "boot", "--image", golden_build["ref"]).returncode == 0
+    tb.up()
+    yield tb
+    tb.down()
+
+
+def in_ns(bed: Testbed, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return run_cli("-i", str(bed.inv.path), *args, netns=bed.ns, timeout=timeout)
+
+
+def node_ssh(bed: Testbed, node: str, command: str) -> subprocess.CompletedProcess:
+    argv = power.ssh_argv(bed.inv, bed.inv.node(node), command)
+    return subprocess.run(bed.ns_argv(argv), capture_output=True, text=True, timeout=60)
+
+
+def send_udp(bed: Testbed, payload_hex: str) -> None:
+    code = ("import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1); "
+            f"s.sendto(bytes.fromhex(sys.argv[1]), ('{bed.inv.control.broadcast}', 9))")
+    subprocess.run(bed.ns_argv([sys.executable, "-c", code, payload_hex]), check=True)
+
+
+def test_wol_ignores_malformed_and_foreign_packets(bed):
+    node0 = bed.inv.nodes[0]
+    good = power.magic_packet(node0.mac)
+    send_udp(bed, good[:-1].hex())  # truncated
+    send_udp(bed, (good[:6] + bytes.fromhex("525400aabbcc") + good[12:]).hex())  # one repetition wrong
+    send_udp(bed, power.magic_packet("52:54:00:99:99:99").hex())  # a MAC the testbed does not have
+    time.sleep(2)
+    assert not any(bed.is_on(n.name) for n in bed.inv.nodes)
+    log = bed.path("log", "wol.out").read_text()
+    assert log.count("ignored a malformed packet") == 2
+    assert "ignored a magic packet for unknown MAC 52:54:00:99:99:99" in log
+
+
+def test_compute_up_wakes_and_boots_bios_and_uefi_nodes(bed, golden_build):
+    assert not any(bed.is_on(n.name) for n in bed.inv.nodes), "nodes start powered off"
+    proc = in_ns(bed, "compute", "up", "--timeout", str(BOOT_TIMEOUT), timeout=BOOT_TIMEOUT + 60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "magic packets sent to node0, node1 via odzbr0" in proc.stderr
+    for node in ("node0", "node1"):
+        assert bed.is_on(node)
+        r = node_ssh(bed, node, "cat /etc/onedotzero-release; hostname; findmnt -no FSTYPE /; "
+                                "findmnt -no SOURCE,FSTYPE /run/live/medium; findmnt -no FSTYPE /models; "
+                                "test -d /sys/firmware/efi && echo firmware=uefi || echo firmware=bios; "
+                                "sudo -n true && echo sudo=ok")
+        assert r.returncode == 0, r.stderr
+        out = r.stdout.split("\n")
+        assert f"ONEDOTZERO_VERSION={golden_build['version']}" in out
+        assert node in out, "hostname from the DHCP lease"
+        assert "overlay" in out, "read-only squashfs under a RAM overlay"
+        assert f"{bed.inv.control.address}:{bed.inv.image.store} nfs" in out
+        assert "ext4" in out, "local disk mounted at /models by label"
+        firmware = {"node0": "bios", "node1": "uefi"}[node]
+        assert f"firmware={firmware}" in out and "sudo=ok" in out
+    wol = bed.path("log", "wol.out").read_text()
+    assert "node0 powered on" in wol and "node1 powered on" in wol
+
+
+def test_status_reports_each_node(bed, golden_build):
+    proc = in_ns(bed, "compute", "status")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:4] == ["NODE", "STATE", "IMAGE", "VERSION"]
+    assert lines[1].split()[:4] == ["node0", "up", "golden", golden_build["version"]]
+
+
+def test_switch_a_node_to_http_root_and_restart(bed, golden_build):
+    assert in_ns(bed, "boot", "--image", golden_build["ref"], "--root", "http", "node0").returncode == 0
+    proc = in_ns(bed, "compute", "restart", "node0")
+    assert proc.returncode == 0 and "node0: restarting" in proc.stdout
+    time.sleep(20)  # the node goes down before it comes back
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    while time.monotonic() < deadline:
+        r = node_ssh(bed, "node0", "cat /proc/cmdline; findmnt -no FSTYPE /run/live/medium || echo medium=none")
+        if r.returncode == 0 and "fetch=" in r.stdout:
+            break
+        time.sleep(5)
+    else:
+        pytest.fail("node0 did not come back with the HTTP-fetched root")
+    assert "nfs" not in r.stdout.split("\n")[1:], "the root was fetched into RAM, not mounted over NFS"
+
+
+def test_down_powers_off_and_status_names_it(bed):
+    proc = in_ns(bed, "compute", "down", "node1")
+    assert proc.returncode == 0 and "node1: shutting down" in proc.stdout
+    deadline = time.monotonic() + 120
+    while bed.is_on("node1") and time.monotonic() < deadline:
+        time.sleep(2)
+    assert not bed.is_on("node1"), "shutdown -h ends the QEMU process: the node is off"
+    proc = in_ns(bed, "compute", "status")
+    assert proc.returncode == 1
+    assert "error: not OK: node1" in proc.stderr
+    again = in_ns(bed, "compute", "down", "node1")
+    assert again.returncode == 0 and "node1: unreachable (already down?)" in again.stdout
+
+
+def _probe_namespace(bed: Testbed, name: str, bridged: bool) -> str:
+    """A second network namespace linked to the control node's: into the bridge, or on a link of its own."""
+    ns = f"{bed.ns}-{name}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    here, there = f"{name}a", f"{name}b"
+    for argv in (["ip", "link", "add", here, "type", "veth", "peer", "name", there],
+                 ["ip", "link", "set", here, "netns", ns], ["ip", "link", "set", there, "netns", bed.ns],
+                 ["ip", "-n", ns, "link", "set", here, "up"], ["ip", "-n", bed.ns, "link", "set", there, "up"]):
+        subprocess.run(argv, check=True)
+    if bridged:
+        subprocess.run(["ip", "-n", bed.ns, "link", "set", there, "master", bed.bridge], check=True)
+    else:  # an address of the control node's on another link, so a server there would have a reason to answer
+        subprocess.run(["ip", "-n", bed.ns, "addr", "add", "10.250.0.1/24", "dev", there], check=True)
+    return ns
+
+
+def test_dhcp_answers_only_on_the_compute_interface(bed):
+    probes = {"bridged": _probe_namespace(bed, "pb", True), "other": _probe_namespace(bed, "po", False)}
+    try:
+        offers = {}
+        for kind, ns in probes.items():
+            iface = "pba" if kind == "bridged" else "poa"
+            r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "onedotzero.dhcp", iface, "7"],
+                               capture_output=True, text=True, cwd=REPO, check=True)
+            offers[kind] = r.stdout.split()
+        assert offers["bridged"][:1] == [str(bed.inv.control.address)], "the probe works on the compute link"
+        assert offers["other"] == [], "no DHCP answer on any other interface"
+    finally:
+        for ns in probes.values():
+            subprocess.run(["ip", "netns", "delete", ns], check=False)
+
+
+def test_interrupted_testbed_up_leaves_nothing(golden_build):
+    name = f"i{os.getpid() % 100000}"
+    proc = subprocess.Popen([sys.executable, "cluster.py", "-i", str(golden_build["inventory"]), "testbed",
+                             "--name", name, "up"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    ns = Path(f"/run/netns/odz-{name}")
+    deadline = time.monotonic() + 30
+    while not ns.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)  # some services are up by now
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    proc.wait(60)
+    assert proc.returncode != 0
+    assert not ns.exists()
+    assert _leftover_processes(f"run-{name}") == []
+
+
+def _leftover_processes(marker: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
+
+
+def test_down_leaves_nothing(bed):
+    bed.down()
+    assert not Path(f"/run/netns/{bed.ns}").exists()
+    assert _leftover_processes(str(bed.state)) == []
+    assert not any(bed.is_on(n.name) for n in bed.inv.nodes)
+    assert not any(bed.status()["services"].values())
+    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    assert bed.bridge not in links and "tap0" not in links
