@@ -13,7 +13,7 @@ APT_PACKAGES := python3-venv rsync openssh-client openssh-server gpg gpg-agent i
 	pxelinux syslinux-common syslinux-efi ipxe \
 	qemu-system-x86 qemu-utils ovmf ipxe-qemu procps psmisc
 
-.PHONY: help setup apt venv test test-unit test-integration lint image demo testbed-up testbed-down clean
+.PHONY: help setup apt venv test test-unit test-integration lint image image-live demo testbed-up testbed-down clean
 help:  ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
@@ -50,6 +50,9 @@ lint: venv  ## ruff, yamllint, ansible-lint
 
 image: setup  ## Build the inventory's golden image (INVENTORY=path)
 	$(PY) cluster.py -i $(INVENTORY) image build golden
+
+image-live: setup  ## Fetch, verify and publish the inventory's live image (INVENTORY=path)
+	$(PY) cluster.py -i $(INVENTORY) image build live
 
 demo: setup  ## The virtual cluster end to end: build, serve, boot, status, tear down (KEEP=1 keeps it)
 	$(PY) -m testbed.demo $(if $(KEEP),--keep,)

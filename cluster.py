@@ -99,15 +99,34 @@ def image() -> None:
 
 
 @image.command("build")
-@click.argument("kind", type=click.Choice(["golden"]), default="golden")
+@click.argument("kind", type=click.Choice(["golden", "live"]), default="golden")
+@click.option("--distro", help="Live only: the distro profile whose ISO to fetch (default: the inventory's).")
+@click.option("--release-url", help="Live only: fetch from this mirror directory instead of the profile's.")
 @pass_state
-def image_build(state: State, kind: str) -> None:
+def image_build(state: State, kind: str, distro: str | None, release_url: str | None) -> None:
     """Build the inventory's image (a no-op naming the existing version if nothing changed).
+
+    \b
+    golden: debootstrap, Ansible in the chroot, testinfra, squashfs (needs root)
+    live:   fetch the distro's server ISO, verify its signed checksums, extract kernel and initrd
 
     \b
     Example:
       sudo ./cluster.py image build golden
+      ./cluster.py image build live
     """
+    if kind == "live":
+        import dataclasses
+
+        from image import live
+
+        cfg = live.LiveConfig.from_inventory(state.inv, distro)
+        if release_url:
+            cfg = dataclasses.replace(cfg, release_url=release_url.rstrip("/"))
+        click.echo(live.build_live(cfg).ref)
+        return
+    if distro or release_url:
+        raise click.UsageError("--distro and --release-url apply to live images")
     from image import golden
 
     version, _ = golden.build_golden(golden.GoldenConfig.from_inventory(state.inv))
@@ -360,6 +379,49 @@ def compute_restart(state: State, nodes: tuple[str, ...]) -> None:
     _power(state, nodes, "restart")
 
 
+@compute.command("configure")
+@click.argument("nodes", nargs=-1)
+@pass_state
+def compute_configure(state: State, nodes: tuple[str, ...]) -> None:
+    """Run the compute-node playbook (base, Wake-on-LAN, hardware roles) once every node is OK.
+
+    \b
+    Example:
+      ./cluster.py compute configure
+    """
+    from onedotzero import ansible, power
+
+    selected = state.inv.select(nodes)
+    bad = [s for s in power.status(state.inv, selected) if not s.ok]
+    if bad:
+        raise UserError("not configuring: not OK: " + ", ".join(f"{s.name} ({s.error})" for s in bad),
+                        "bring them up (`compute up`) or name only the nodes to configure")
+    for r in ansible.playbook(state.inv, "compute.yml", [n.name for n in selected]):
+        click.echo(f"{r.host}: ok={r.ok} changed={r.changed}")
+
+
+@compute.command("discover")
+@click.option("--leases", type=click.Path(dir_okay=False), default="/var/lib/misc/dnsmasq.leases", show_default=True,
+              help="dnsmasq's lease file.")
+@pass_state
+def compute_discover(state: State, leases: str) -> None:
+    """List machines seen on the compute interface (DHCP leases, ARP) that the inventory lacks.
+
+    Prints inventory entries ready to paste under `nodes:`.
+
+    \b
+    Example:
+      ./cluster.py compute discover >> new-nodes.yml
+    """
+    from onedotzero import discover
+
+    found = discover.unknown_machines(state.inv, Path(leases))
+    if not found:
+        click.echo("# no unknown machines on " + state.inv.control.compute_interface)
+    for i, m in enumerate(found):
+        click.echo(discover.inventory_entry(state.inv, m, i))
+
+
 # --- testbed ---------------------------------------------------------------------------------------
 
 @cli.group()
@@ -404,6 +466,25 @@ def testbed_down(state: State) -> None:
 def testbed_status(state: State) -> None:
     """Show the namespace, services and which node VMs are powered on."""
     click.echo(json.dumps(_bed(state).status(), indent=2))
+
+
+@netboot.command("preflight")
+@click.option("--no-dhcp-probe", is_flag=True, help="Skip the DHCPDISCOVER probe for other DHCP servers.")
+@pass_state
+def netboot_preflight(state: State, no_dhcp_probe: bool) -> None:
+    """Check the compute interface, its ports and the segment before serving; change nothing (root).
+
+    \b
+    Example:
+      sudo ./cluster.py netboot preflight
+    """
+    from netboot.preflight import preflight
+
+    problems = preflight(state.inv, probe_dhcp=not no_dhcp_probe)
+    if problems:
+        raise UserError("preflight failed: " + "; ".join(problems))
+    click.echo(f"preflight OK: {state.inv.control.compute_interface} carries {state.inv.control.address}, "
+               "ports free" + ("" if no_dhcp_probe else ", no other DHCP server"))
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:

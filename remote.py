@@ -50,7 +50,8 @@ def ssh_base(args: argparse.Namespace) -> list[str]:
 def sync(args: argparse.Namespace, src: Path, dest: str) -> None:
     """Mirror src to host:dest (relative to the remote home), creating it if needed."""
     cmd = [
-        "rsync", "--archive", "--compress", "--delete",
+        # --checksum: a quick size+mtime check misses same-size edits made within the same second.
+        "rsync", "--archive", "--checksum", "--compress", "--delete",
         "--filter=:- .gitignore",  # honour .gitignore files, in every directory
         *(f"--exclude={e}" for e in EXCLUDES),
         f"--rsh={shlex.join(ssh_base(args))}",

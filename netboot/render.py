@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jinja2
 
+from image import seed as seed_mod
 from image.store import Store, Version
 from onedotzero import paths, profiles
 from onedotzero.inventory import Inventory, Node
@@ -73,8 +74,10 @@ def render(template: str, **context) -> str:
     return _env.get_template(template).render(**context)
 
 
-def image_entry(inv: Inventory, version: Version, root: str | None = None, node: Node | None = None) -> Entry:
-    """The boot entry for an image version; root is "nfs" or "http" for golden images."""
+def image_entry(inv: Inventory, version: Version, root: str | None = None, node: Node | None = None,
+                install: bool = False) -> Entry:
+    """The boot entry for an image version; root is "nfs" or "http" for golden images; install (live only)
+    is the opt-in autoinstall entry."""
     m = version.manifest()
     ctl = inv.control.address
     base = f"http://{ctl}/{version.kind}/{version.name}"
@@ -90,20 +93,28 @@ def image_entry(inv: Inventory, version: Version, root: str | None = None, node:
             args = ["boot=live", f"fetch={base}/{m['boot']['squashfs']}", *args]
         title = f"golden {version.name} ({m.get('distro', '?')}, root over {root})"
     else:
-        title = f"live {version.name} ({m.get('distro', '?')}, into RAM)"
+        seed = f"http://{ctl}/seed/{node.name if node else seed_mod.DEFAULT}/{'install/' if install else ''}"
+        # casper: the initrd downloads the whole ISO into RAM; cloud-init reads the node's NoCloud seed.
+        args = [f"url={base}/{m['boot']['iso']}", "ip=dhcp", "root=/dev/ram0",
+                f"ramdisk_size={m['boot']['ramdisk_size']}", "cloud-config-url=/dev/null",
+                f"ds=nocloud-net;s={seed}", *(["autoinstall"] if install else []), *args]
+        title = (f"Install {m.get('distro', '?')} to the local disk (autoinstall, erases it)" if install
+                 else f"live {version.name} ({m.get('distro', '?')}, into RAM)")
     if node is not None:
         args += profiles.hardware(node.hardware).kernel_args
-    label = f"{version.kind}-{root}" if version.kind == "golden" else version.kind
+    label = f"{version.kind}-{root}" if version.kind == "golden" else ("install" if install else version.kind)
     return Entry(label, title, f"{base}/{m['boot']['kernel']}", f"{base}/{m['boot']['initrd']}", " ".join(args))
 
 
 def menu_entries(inv: Inventory, store: Store) -> tuple[list[Entry], str]:
-    """Menu for machines without a choice: newest live (the default), newest golden, local disk."""
+    """Menu for machines without a choice: newest live (the default), newest golden, install, local disk."""
     entries = []
     for kind in ("live", "golden"):
         versions = store.versions(kind)
         if versions:
             entries.append(image_entry(inv, versions[-1]))
+    if store.versions("live"):
+        entries.append(image_entry(inv, store.versions("live")[-1], install=True))
     entries.append(LOCAL)
     return entries, entries[0].label
 
@@ -124,10 +135,11 @@ def service_files(inv: Inventory, opts: RenderOptions = RenderOptions()) -> dict
 
 
 def boot_files(inv: Inventory, store: Store) -> dict[str, str]:
-    """Menus shared by all machines, keyed by path relative to the store."""
+    """Menus shared by all machines and the live images' cloud-init seeds, keyed by path relative to the store."""
     entries, default = menu_entries(inv, store)
     ctx = {"cluster": inv.cluster, "control": inv.control, "entries": entries, "default": default}
     return {
+        **seed_mod.seed_files(inv),
         "boot/default.ipxe": render("boot/default.ipxe.j2", **ctx),
         "boot/menu.ipxe": render("boot/menu.ipxe.j2", **ctx),
         "tftp/pxelinux.cfg/default": render("tftp/pxelinux.cfg/default.j2", **ctx),

@@ -326,7 +326,8 @@ def to_ansible(inv: Inventory) -> dict:
                 },
             }
         },
-        "all": {"children": ["control", "compute"], "vars": {"odz": facts}},
+        "all": {"children": ["control", "compute"],
+                "vars": {"odz": facts, "odz_admin_password_hash": inv.admin.password_hash}},
         "control": {"hosts": [inv.control.name]},
         "compute": {"hosts": inv.node_names},
     }

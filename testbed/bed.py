@@ -125,6 +125,7 @@ class Testbed:
             self._services()
             self._vm_specs()
             self._spawn("wol", [sys.executable, "-m", "testbed.wol_listener", str(self.state), self.bridge])
+            self._wait_log("wol.out", "listening", "the Wake-on-LAN listener")
             log.info("testbed %s up: namespace %s, control %s on %s", self.name, self.ns,
                      self.inv.control.address, self.bridge)
         except BaseException:
@@ -193,6 +194,14 @@ class Testbed:
                 return
             time.sleep(0.3)
         raise UserError(f"testbed: {what} is not listening on {host}:{port}", f"logs in {self.path('log')}")
+
+    def _wait_log(self, name: str, text: str, what: str, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.path("log", name).read_text(errors="replace"):
+                return
+            time.sleep(0.1)
+        raise UserError(f"testbed: {what} did not start", f"see {self.path('log', name)}")
 
     def down(self) -> None:
         """End every process the testbed started (by PID), then delete the namespace and its links."""

@@ -36,6 +36,8 @@ def test_help_everywhere(path):
     (["image", "gc", "--keep", "0"], "Invalid value for '--keep'"),
     (["image", "show", "golden@nope"], "no such image golden@nope"),
     (["image", "build", "bronze"], "'bronze' is not"),
+    (["image", "build", "live"], "distro profile 'debian-12' has no live ISO"),
+    (["image", "build", "golden", "--release-url", "http://x"], "--release-url apply to live images"),
     (["compute", "up", "--timeout", "-5"], "Invalid value for '--timeout'"),
     (["compute", "status", "node9"], "unknown node 'node9'"),
     (["compute", "up"], "compute_interface 'eth9' does not exist"),

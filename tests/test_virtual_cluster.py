@@ -95,6 +95,15 @@ def test_status_reports_each_node(bed, golden_build):
     assert lines[1].split()[:4] == ["node0", "up", "golden", golden_build["version"]]
 
 
+def test_configure_succeeds_and_a_second_run_changes_nothing(bed):
+    first = in_ns(bed, "compute", "configure", timeout=900)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert sorted(line.split(":")[0] for line in first.stdout.splitlines()) == ["node0", "node1"]
+    second = in_ns(bed, "compute", "configure", timeout=900)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert all(line.endswith(" changed=0") for line in second.stdout.splitlines()), second.stdout
+
+
 def test_switch_a_node_to_http_root_and_restart(bed, golden_build):
     assert in_ns(bed, "boot", "--image", golden_build["ref"], "--root", "http", "node0").returncode == 0
     proc = in_ns(bed, "compute", "restart", "node0")
@@ -123,6 +132,8 @@ def test_down_powers_off_and_status_names_it(bed):
     assert "error: not OK: node1" in proc.stderr
     again = in_ns(bed, "compute", "down", "node1")
     assert again.returncode == 0 and "node1: unreachable (already down?)" in again.stdout
+    refused = in_ns(bed, "compute", "configure")
+    assert refused.returncode == 1 and "not configuring: not OK: node1" in refused.stderr
 
 
 def _probe_namespace(bed: Testbed, name: str, bridged: bool) -> str:

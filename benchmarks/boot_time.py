@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""PXE power-on -> SSH-ready in the virtual cluster: golden over NFS, golden fetched over HTTP, live.
+
+Boots every testbed node per round (all at once, as a real cluster powers on), `--rounds` rounds per
+mode, and prints the median and range per mode. The golden NFS boot is the baseline the others are
+compared with. Needs root and a built golden image (`make image INVENTORY=testbed/cluster.yml`).
+
+    sudo python benchmarks/boot_time.py [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from image.store import Store  # noqa: E402
+from netboot import selection  # noqa: E402
+from onedotzero import inventory, power  # noqa: E402
+from testbed.bed import Testbed  # noqa: E402
+
+INVENTORY = Path(__file__).resolve().parent.parent / "testbed" / "cluster.yml"
+TIMEOUT = 900
+
+
+def ssh_ready(bed: Testbed, node) -> bool:
+    argv = bed.ns_argv(power.ssh_argv(bed.inv, node, "cat /etc/onedotzero-release", connect_timeout=3))
+    return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
+
+
+def boot_round(bed: Testbed) -> list[float]:
+    start = time.monotonic()
+    for node in bed.inv.nodes:
+        bed.power_on(node.name)
+    pending, times = list(bed.inv.nodes), []
+    while pending and time.monotonic() - start < TIMEOUT:
+        for node in list(pending):
+            if ssh_ready(bed, node):
+                times.append(time.monotonic() - start)
+                pending.remove(node)
+        time.sleep(1)
+    for node in bed.inv.nodes:
+        bed.power_off(node.name)
+    if pending:
+        raise SystemExit(f"not up after {TIMEOUT}s: {[n.name for n in pending]}\n{bed.diagnostics(15)}")
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+    inv = inventory.load(INVENTORY)
+    store = Store(inv.image.store)
+    modes = [("golden over NFS", "golden", "nfs"), ("golden over HTTP (into RAM)", "golden", "http")]
+    if store.versions("live"):
+        modes.append(("live", "live", None))
+    bed = Testbed(inv, "bench")
+    bed.up()
+    results = {}
+    try:
+        for title, kind, root in modes:
+            selection.point(inv, kind, [], root)
+            samples = [t for _ in range(args.rounds) for t in boot_round(bed)]
+            results[title] = samples
+            print(f"{title}: {', '.join(f'{t:.0f}s' for t in samples)}", flush=True)
+    finally:
+        bed.down()
+    base = statistics.median(results["golden over NFS"])
+    print(f"\n{len(inv.nodes)} nodes booting at once under TCG")
+    print(f"{'mode':30s} {'median':>8} {'min':>6} {'max':>6} {'vs NFS':>7}")
+    for title, samples in results.items():
+        med = statistics.median(samples)
+        print(f"{title:30s} {med:7.0f}s {min(samples):5.0f}s {max(samples):5.0f}s {med / base:6.2f}x")
+    if "live" not in results:
+        print("live: no live image in the store yet (the live-image issue), not measured")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""`cluster.py compute status` wall time for 1, 8 and 32 SSH endpoints (goal: 32 cost <= 1.5 x one).
+
+Starts one sshd (own host key, user key, port 22) listening on 32 loopback addresses 127.0.0.10-41,
+each standing in for a node (ForceCommand prints what an onedotzero node's status command prints).
+Baseline, side by side: the same nodes asked one after another. Needs root (port 22, root login).
+
+    sudo python benchmarks/status_fanout.py [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from onedotzero import inventory, power  # noqa: E402
+
+COUNTS = (1, 8, 32)
+FIRST = 10
+
+
+def start_sshd(d: Path, count: int) -> subprocess.Popen:
+    for name in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
+    shutil.copy(d / "user_key.pub", d / "authorized_keys")
+    listen = "".join(f"ListenAddress 127.0.0.{FIRST + i}\n" for i in range(count))
+    (d / "sshd_config").write_text(
+        f"Port 22\n{listen}HostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/pid\n"
+        "UsePAM no\nStrictModes no\nPasswordAuthentication no\nPermitRootLogin prohibit-password\n"
+        "MaxStartups 100:30:200\nLogLevel ERROR\n"
+        "ForceCommand echo ONEDOTZERO_IMAGE=golden; echo ONEDOTZERO_VERSION=bench; echo UPTIME=60.0\n")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")])
+    for _ in range(100):
+        try:
+            socket.create_connection((f"127.0.0.{FIRST + count - 1}", 22), 0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("sshd did not start")
+
+
+def make_inventory(d: Path, count: int) -> inventory.Inventory:
+    data = {
+        "control": {"name": "ctl", "compute_interface": "lo", "address": "127.0.0.1", "subnet": "127.0.0.0/24",
+                    "dhcp_range": ["127.0.0.200", "127.0.0.250"]},
+        "image": {"distro": "debian-12", "store": str(d / "store"), "cache": str(d / "cache")},
+        "admin": {"user": getpass.getuser(), "ssh_public_key": str(d / "user_key.pub")},
+        "nodes": [{"name": f"n{i}", "mac": f"52:54:00:00:00:{i:02x}", "ip": f"127.0.0.{FIRST + i}",
+                   "hardware": "virtual-uefi"} for i in range(count)],
+    }
+    return inventory.parse(data, d / "cluster.yml")
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    results = fn()
+    elapsed = time.perf_counter() - start
+    assert all(s.ok for s in results), [s.error for s in results if not s.ok]
+    return elapsed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root (sshd on port 22 of loopback addresses)")
+    with tempfile.TemporaryDirectory() as t:
+        d = Path(t)
+        sshd = start_sshd(d, max(COUNTS))
+        try:
+            inv = make_inventory(d, max(COUNTS))
+            rows = []
+            for count in COUNTS:
+                nodes = list(inv.nodes[:count])
+                par = statistics.median(timed(lambda ns=nodes: power.status(inv, ns)) for _ in range(args.repeat))
+                seq = statistics.median(timed(lambda ns=nodes: [power.node_status(inv, n) for n in ns])
+                                        for _ in range(args.repeat))
+                rows.append((count, par, seq))
+        finally:
+            sshd.terminate()
+            sshd.wait()
+    one = rows[0][1]
+    print(f"{'nodes':>5}  {'status (parallel)':>18}  {'x one node':>10}  {'baseline (sequential)':>22}  "
+          f"{'speed-up':>8}")
+    for count, par, seq in rows:
+        print(f"{count:5d}  {par:17.2f}s  {par / one:9.2f}x  {seq:21.2f}s  {seq / par:7.1f}x")
+    ratio = rows[-1][1] / one
+    print(f"goal: {max(COUNTS)} nodes cost <= 1.5 x one node: {'met' if ratio <= 1.5 else 'NOT met'} ({ratio:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

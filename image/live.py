@@ -1,0 +1,221 @@
+"""Live images: the distro's server ISO, fetched, verified, its kernel and initrd extracted, published.
+
+Execution flow (build_live):
+  1. fetch_sums      on host: SHA256SUMS and SHA256SUMS.gpg from the profile's release URL
+  2. verify_sums     on host: gpgv against the keyring; the signer must be the pinned fingerprint
+  3. fetch_iso       on host: into the download cache, resuming (HTTP Range) and hashing as it goes;
+                     a cached ISO whose hash matches is not downloaded again
+  4. extract_boot    on host: casper/vmlinuz and casper/initrd (and the HWE pair) with xorriso, no loop mount
+  5. publish         on host: live/<version>/ (ISO hard-linked from the cache, kernel, initrd, manifest),
+                     one rename, like golden images
+Nodes boot it into RAM: the initrd downloads the whole ISO (`url=`), cloud-init reads the node's seed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from tqdm import tqdm
+
+from image.store import MANIFEST, Store, Version
+from onedotzero import inventory as inv_mod
+from onedotzero import paths, profiles
+from onedotzero.errors import UserError
+from onedotzero.log import log, step
+from onedotzero.proc import require_tools, run
+
+KIND = "live"
+CHUNK = 64 << 10  # small enough that an interrupted transfer keeps nearly all it received
+RETRIES = 3  # resumed attempts per download within one build
+BOOT_FILES = {"vmlinuz": "casper/vmlinuz", "initrd": "casper/initrd",
+              "hwe-vmlinuz": "casper/hwe-vmlinuz", "hwe-initrd": "casper/hwe-initrd"}
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    distro: str
+    release_url: str  # directory holding the ISO, SHA256SUMS and SHA256SUMS.gpg
+    iso: str
+    keyring: Path  # OpenPGP keyring (binary) holding the signing key
+    fingerprint: str  # the signing key's primary fingerprint: any other signer is refused
+    ramdisk_size: int
+    store: Path
+    downloads: Path
+
+    @classmethod
+    def from_inventory(cls, inv: inv_mod.Inventory, distro: str | None = None) -> LiveConfig:
+        d = profiles.distro(distro or inv.image.distro)
+        live = d.live
+        if not live:
+            raise UserError(f"distro profile {d.name!r} has no live ISO", "use an Ubuntu profile, e.g. ubuntu-22.04")
+        keyring = Path(live["keyring"])
+        return cls(d.name, live["release_url"].rstrip("/"), live["iso"],
+                   keyring if keyring.is_absolute() else paths.REPO / keyring,
+                   live["signing_fingerprint"].replace(" ", "").upper(), int(live.get("ramdisk_size", 1500000)),
+                   inv.image.store, inv.image.cache / "downloads")
+
+
+# --- downloading ------------------------------------------------------------------------------
+
+def download(url: str, dest: Path, *, expected_sha256: str | None = None, timeout: float = 30) -> str:
+    """Fetch url to dest (atomically), resuming dest.part; returns the SHA-256 of the whole file."""
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    last_error = ""
+    for attempt in range(1, RETRIES + 1):
+        sha = hashlib.sha256()
+        have = part.stat().st_size if part.exists() else 0
+        if have:
+            with open(part, "rb") as f:
+                for block in iter(lambda: f.read(CHUNK), b""):
+                    sha.update(block)
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            with requests.get(url, headers=headers, stream=True, timeout=timeout) as r:
+                if r.status_code == 416 and have:  # nothing left to fetch: the part is complete
+                    break
+                if r.status_code not in (200, 206):
+                    raise UserError(f"download of {url} failed: HTTP {r.status_code} {r.reason}",
+                                    "check the profile's release URL and file name")
+                if have and r.status_code == 200:  # the server ignored Range: start over
+                    have, sha = 0, hashlib.sha256()
+                total = have + int(r.headers.get("Content-Length", 0)) or None
+                mode = "ab" if have else "wb"
+                with open(part, mode) as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
+                                                 desc=dest.name, leave=False, disable=None) as bar:
+                    for block in r.iter_content(CHUNK):
+                        f.write(block)
+                        sha.update(block)
+                        bar.update(len(block))
+                if total is not None and part.stat().st_size < total:
+                    raise requests.exceptions.ChunkedEncodingError("short read")
+            break
+        except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.Timeout) as e:
+            last_error = f"{type(e).__name__}: {e}"
+            log.info("download of %s interrupted after %d bytes (attempt %d/%d), resuming",
+                     dest.name, part.stat().st_size if part.exists() else 0, attempt, RETRIES)
+            time.sleep(min(attempt, 3) * 0.2)
+    else:
+        raise UserError(f"download of {url} kept failing ({last_error})",
+                        "re-run to resume from where it stopped; check the network")
+    digest = sha.hexdigest()
+    if expected_sha256 and digest != expected_sha256:
+        part.unlink(missing_ok=True)  # a wrong file is not worth resuming
+        raise UserError(f"{dest.name}: SHA-256 {digest} does not match SHA256SUMS ({expected_sha256})",
+                        "the download is corrupt or was tampered with; it was deleted, re-run to fetch it again")
+    os.rename(part, dest)
+    return digest
+
+
+def verify_sums(sums: Path, signature: Path, keyring: Path, fingerprint: str) -> None:
+    """SHA256SUMS must carry a good signature by the pinned key (checked with gpgv, nothing imported)."""
+    if not keyring.is_file():
+        raise UserError(f"signing keyring {keyring} is missing",
+                        "on Ubuntu it comes with the ubuntu-keyring package (apt-get install ubuntu-keyring)")
+    require_tools("gpgv", hint="apt-get install gpgv")
+    proc = run(["gpgv", "--status-fd", "1", "--keyring", keyring, signature, sums], capture=True, check=False)
+    valid = [line.split() for line in proc.stdout.splitlines() if line.startswith("[GNUPG:] VALIDSIG ")]
+    if proc.returncode != 0 or not valid:
+        reason = next((ln.split(" ", 1)[1] for ln in proc.stdout.splitlines()
+                       if ln.startswith(("[GNUPG:] BADSIG", "[GNUPG:] ERRSIG", "[GNUPG:] NO_PUBKEY"))), "no valid sig")
+        raise UserError(f"{sums.name}: signature check failed ({reason})",
+                        "the checksums were not signed by the release key: do not use this download")
+    signer = valid[0][-1].upper()  # VALIDSIG's last field: the primary key's fingerprint
+    if signer != fingerprint:
+        raise UserError(f"{sums.name} is signed by {signer}, not by the pinned key {fingerprint}",
+                        "refusing a signature by any other key")
+
+
+def expected_hash(sums_text: str, name: str) -> str:
+    for line in sums_text.splitlines():
+        m = re.match(r"^([0-9a-f]{64}) [ *]?(.+)$", line.strip())
+        if m and m[2] == name:
+            return m[1]
+    raise UserError(f"{name} is not listed in SHA256SUMS", "check the profile's ISO name (point releases move)")
+
+
+# --- the steps ----------------------------------------------------------------------------------
+
+def fetch_verified_iso(cfg: LiveConfig) -> tuple[Path, str]:
+    """Runs on the host. Out: the verified ISO in the download cache, and its SHA-256."""
+    with tempfile.TemporaryDirectory(dir=cfg.downloads.parent if cfg.downloads.parent.exists() else None) as t:
+        tmp = Path(t)
+        sums, sig = tmp / "SHA256SUMS", tmp / "SHA256SUMS.gpg"
+        with step("live: fetching SHA256SUMS"):
+            download(f"{cfg.release_url}/SHA256SUMS", sums)
+            download(f"{cfg.release_url}/SHA256SUMS.gpg", sig)
+        verify_sums(sums, sig, cfg.keyring, cfg.fingerprint)
+        want = expected_hash(sums.read_text(), cfg.iso)
+    iso = cfg.downloads / cfg.iso
+    stamp = iso.with_name(iso.name + ".sha256")
+    if iso.is_file() and stamp.is_file() and stamp.read_text().strip() == want:
+        log.info("live: %s cached and verified, not downloading", cfg.iso)
+        return iso, want
+    iso.unlink(missing_ok=True)
+    with step(f"live: downloading {cfg.iso}"):
+        got = download(f"{cfg.release_url}/{cfg.iso}", iso, expected_sha256=want)
+    stamp.write_text(got + "\n")
+    return iso, got
+
+
+def extract_boot(iso: Path, out: Path) -> dict[str, str]:
+    """Runs on the host (xorriso, no loop mount). Out: kernel/initrd files in out; returns what was found."""
+    require_tools("xorriso", hint="apt-get install xorriso")
+    listing = run(["xorriso", "-indev", iso, "-find", "/", "-type", "f"], capture=True).stdout
+    present = {p.strip().strip("'") for p in listing.splitlines()}
+    found = {}
+    for name, inside in BOOT_FILES.items():
+        if f"/{inside}" in present:
+            run(["xorriso", "-osirrox", "on", "-indev", iso, "-extract", f"/{inside}", out / name], capture=True)
+            os.chmod(out / name, 0o644)
+            found[name] = name
+    if "vmlinuz" not in found or "initrd" not in found:
+        raise UserError(f"{iso.name} has no casper/vmlinuz and casper/initrd", "is it a live-server ISO?")
+    return found
+
+
+def build_live(cfg: LiveConfig) -> Version:
+    """Fetch, verify, extract and publish the live image (a no-op naming the version if already there)."""
+    store = Store(cfg.store)
+    iso, sha = fetch_verified_iso(cfg)
+    input_hash = hashlib.sha256(json.dumps([sha, cfg.iso, cfg.ramdisk_size]).encode()).hexdigest()
+    existing = store.find_by_input(KIND, input_hash)
+    if existing:
+        log.info("live image up to date: %s", existing.ref)
+        return existing
+    with store.lock(), store.staging(KIND) as work:
+        out = work / "out"
+        out.mkdir()
+        with step("live: extracting kernel and initrd"):
+            found = extract_boot(iso, out)
+        try:
+            os.link(iso, out / cfg.iso)  # same filesystem: no second copy of a 2 GB file
+        except OSError:
+            shutil.copyfile(iso, out / cfg.iso)
+        hwe = "hwe-vmlinuz" in found and "hwe-initrd" in found
+        version = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{input_hash[:8]}"
+        manifest = {
+            "kind": KIND, "version": version, "distro": cfg.distro, "input_hash": input_hash,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "iso": cfg.iso, "iso_sha256": sha, "source": f"{cfg.release_url}/{cfg.iso}",
+            "boot": {"kernel": "hwe-vmlinuz" if hwe else "vmlinuz", "initrd": "hwe-initrd" if hwe else "initrd",
+                     "iso": cfg.iso, "ramdisk_size": cfg.ramdisk_size, "args": []},
+            "files": sorted(found),
+            "sizes": {p.name: p.stat().st_size for p in out.iterdir()},
+        }
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        published = store.publish(KIND, version, out)
+    log.info("published %s", published.ref)
+    return published
+

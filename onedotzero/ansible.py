@@ -1,0 +1,43 @@
+"""Running the project's playbooks against the inventory's hosts (on the control node)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from onedotzero import paths
+from onedotzero.inventory import Inventory
+from onedotzero.proc import run_progress
+
+RECAP = re.compile(r"(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+@dataclass(frozen=True)
+class HostRecap:
+    host: str
+    ok: int
+    changed: int
+    unreachable: int
+    failed: int
+
+
+def playbook(inv: Inventory, name: str, limit: list[str] | None = None) -> list[HostRecap]:
+    """Runs playbooks/<name> with the inventory script; returns the PLAY RECAP per host."""
+    log_file = inv.image.cache / "ansible" / f"{Path(name).stem}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log_file.unlink(missing_ok=True)
+    exe = Path(sys.executable).with_name("ansible-playbook")
+    argv = [exe if exe.exists() else "ansible-playbook", "-i", paths.PLAYBOOKS_DIR / "inventory.py",
+            paths.PLAYBOOKS_DIR / name]
+    key = inv.admin.ssh_public_key_path.with_suffix("")
+    if key.is_file():
+        argv += ["--private-key", key]
+    if limit:
+        argv += ["--limit", ",".join(limit)]
+    run_progress(argv, "ansible", phase=re.compile(r"^TASK \[(.*)\]"), host=", ".join(limit or ["all"]), env={
+        "ONEDOTZERO_INVENTORY": str(inv.path), "ANSIBLE_CONFIG": str(paths.PLAYBOOKS_DIR / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOG_PATH": str(log_file),
+    })
+    return [HostRecap(m[0], *map(int, m[1:])) for m in RECAP.findall(log_file.read_text())]

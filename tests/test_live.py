@@ -1,0 +1,258 @@
+"""The live-image pipeline against a local HTTP server (loopback) with fixture files the test makes:
+an ISO with the live-server layout, SHA256SUMS signed by a test key, and every way a download goes wrong."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import threading
+
+import pytest
+import yaml
+
+from image import live, seed
+from image.store import Store
+from onedotzero import inventory
+from onedotzero.errors import UserError
+
+pytestmark = pytest.mark.skipif(not shutil.which("xorriso") or not shutil.which("gpgv"), reason="needs xorriso, gpgv")
+ISO = "ubuntu-22.04.5-live-server-amd64.iso"
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.files: dict[str, bytes] = {}
+        self.faults: dict[str, str] = {}  # path -> "drop-once" | "truncate"
+        self.requests: list[tuple[str, str]] = []  # (path, Range header)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        srv: Server = self.server  # type: ignore[assignment]
+        path = self.path.lstrip("/")
+        rng = self.headers.get("Range", "")
+        srv.requests.append((path, rng))
+        if path not in srv.files:
+            self.send_error(404)
+            return
+        data, start = srv.files[path], 0
+        if m := re.match(r"bytes=(\d+)-$", rng):
+            start = int(m[1])
+            if start >= len(data):
+                self.send_response(416)
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        fault = srv.faults.get(path)
+        if fault == "truncate" or (fault == "drop-once" and not rng):
+            if fault == "drop-once":
+                srv.faults.pop(path)
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(2)  # the server drops mid-download
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """Two test signing keys: the pinned one and another one, both in the keyring."""
+    home = tmp_path_factory.mktemp("gnupg")
+    os.chmod(home, 0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    fprs = []
+    for name in ("pinned", "other"):
+        subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", f"onedotzero {name} <{name}@invalid>",
+                        "ed25519", "sign", "never"], env=env, check=True, capture_output=True)
+        out = subprocess.run(["gpg", "--with-colons", "--list-keys", f"{name}@invalid"], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        fprs.append(next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:")))
+    keyring = home / "keyring.gpg"
+    keyring.write_bytes(subprocess.run(["gpg", "--export", *fprs], env=env, check=True, capture_output=True).stdout)
+    return {"env": env, "pinned": fprs[0], "other": fprs[1], "keyring": keyring}
+
+
+def sign(keys, data: bytes, signer: str) -> bytes:
+    return subprocess.run(["gpg", "--batch", "--yes", "--detach-sign", "-u", signer, "-o", "-"], input=data,
+                          env=keys["env"], check=True, capture_output=True).stdout
+
+
+@pytest.fixture(scope="module")
+def iso(tmp_path_factory) -> bytes:
+    d = tmp_path_factory.mktemp("isotree")
+    (d / "casper").mkdir()
+    (d / "casper/vmlinuz").write_bytes(b"KERNEL" + os.urandom(200_000))
+    (d / "casper/initrd").write_bytes(b"INITRD" + os.urandom(600_000))
+    (d / "casper/hwe-vmlinuz").write_bytes(b"HWEKERNEL" + os.urandom(1000))
+    (d / "casper/hwe-initrd").write_bytes(b"HWEINITRD" + os.urandom(1000))
+    (d / ".disk").mkdir()
+    (d / ".disk/info").write_text("Ubuntu-Server 22.04.5 LTS (fixture)\n")
+    out = d.parent / "fixture.iso"
+    subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-R", "-J", "-V", "FIXTURE", "-o", str(out), str(d)],
+                   check=True, capture_output=True)
+    return out.read_bytes()
+
+
+@pytest.fixture
+def server(keys, iso):
+    srv = Server()
+    sums = f"{hashlib.sha256(iso).hexdigest()} *{ISO}\n{'0' * 64} *other.iso\n".encode()
+    srv.files = {ISO: iso, "SHA256SUMS": sums, "SHA256SUMS.gpg": sign(keys, sums, keys["pinned"])}
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def cfg(server, keys, tmp_path) -> live.LiveConfig:
+    return live.LiveConfig("ubuntu-22.04", f"http://127.0.0.1:{server.server_address[1]}", ISO, keys["keyring"],
+                           keys["pinned"], 1500000, tmp_path / "store", tmp_path / "cache/downloads")
+
+
+def published(cfg) -> list:
+    return Store(cfg.store).versions("live")
+
+
+def test_fetch_verify_extract_publish(cfg, server, iso):
+    v = live.build_live(cfg)
+    m = v.manifest()
+    assert m["iso_sha256"] == hashlib.sha256(iso).hexdigest() and m["iso"] == ISO
+    assert (v.path / ISO).read_bytes() == iso
+    assert (v.path / "vmlinuz").read_bytes().startswith(b"KERNEL")
+    assert (v.path / "initrd").read_bytes().startswith(b"INITRD")
+    assert m["boot"]["kernel"] == "hwe-vmlinuz" and m["boot"]["initrd"] == "hwe-initrd", "HWE pair preferred"
+    assert published(cfg) == [v]
+    # Again, with the ISO cached: only the small signed sums are fetched, and nothing new is published.
+    server.requests.clear()
+    again = live.build_live(cfg)
+    assert again == v
+    assert [p for p, _ in server.requests] == ["SHA256SUMS", "SHA256SUMS.gpg"]
+
+
+def test_resumes_after_the_server_drops(cfg, server, iso):
+    server.faults[ISO] = "drop-once"
+    v = live.build_live(cfg)
+    ranges = [r for p, r in server.requests if p == ISO]
+    assert ranges[0] == "", ranges
+    resumed_at = int(re.fullmatch(r"bytes=(\d+)-", ranges[1])[1])
+    assert 0 < resumed_at <= len(iso) // 2, "resumed where the dropped transfer stopped"
+    assert (v.path / ISO).read_bytes() == iso
+
+
+def test_truncated_transfer_is_refused_and_kept_for_resume(cfg, server, iso):
+    server.faults[ISO] = "truncate"
+    with pytest.raises(UserError, match="kept failing .*re-run to resume"):
+        live.build_live(cfg)
+    assert published(cfg) == []
+    part = cfg.downloads / f"{ISO}.part"
+    assert 0 < part.stat().st_size < len(iso)
+    server.faults.clear()
+    v = live.build_live(cfg)  # the next run resumes from the part
+    assert (v.path / ISO).read_bytes() == iso
+    assert any(r.startswith("bytes=") for p, r in server.requests[-3:] if p == ISO)
+
+
+def test_tampered_sum_is_refused(cfg, server, keys):
+    sums = f"{'ab' * 32} *{ISO}\n".encode()
+    server.files.update({"SHA256SUMS": sums, "SHA256SUMS.gpg": sign(keys, sums, keys["pinned"])})
+    with pytest.raises(UserError, match="does not match SHA256SUMS"):
+        live.build_live(cfg)
+    assert published(cfg) == [] and not (cfg.downloads / ISO).exists()
+    assert not (cfg.downloads / f"{ISO}.part").exists(), "a corrupt download is not kept"
+
+
+def test_bad_signature_is_refused_before_the_download(cfg, server, keys):
+    server.files["SHA256SUMS.gpg"] = sign(keys, b"something else\n", keys["pinned"])
+    with pytest.raises(UserError, match="signature check failed"):
+        live.build_live(cfg)
+    assert ISO not in [p for p, _ in server.requests]
+    assert published(cfg) == []
+
+
+def test_signature_by_another_key_is_refused(cfg, server, keys):
+    server.files["SHA256SUMS.gpg"] = sign(keys, server.files["SHA256SUMS"], keys["other"])
+    with pytest.raises(UserError, match=f"signed by {keys['other']}, not by the pinned key"):
+        live.build_live(cfg)
+
+
+def test_http_error_is_one_clear_line(cfg, server):
+    del server.files[ISO]
+    with pytest.raises(UserError, match="failed: HTTP 404"):
+        live.build_live(cfg)
+    assert published(cfg) == []
+
+
+def test_iso_without_casper_is_refused(cfg, server, keys, tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "README").write_text("not a live ISO\n")
+    subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", str(tmp_path / "p.iso"), str(plain)], check=True,
+                   capture_output=True)
+    data = (tmp_path / "p.iso").read_bytes()
+    sums = f"{hashlib.sha256(data).hexdigest()} *{ISO}\n".encode()
+    server.files.update({ISO: data, "SHA256SUMS": sums, "SHA256SUMS.gpg": sign(keys, sums, keys["pinned"])})
+    with pytest.raises(UserError, match="has no casper/vmlinuz"):
+        live.build_live(cfg)
+    assert published(cfg) == []
+
+
+def test_missing_keyring_names_the_package(cfg, tmp_path):
+    import dataclasses
+
+    with pytest.raises(UserError, match="apt-get install ubuntu-keyring"):
+        live.build_live(dataclasses.replace(cfg, keyring=tmp_path / "nope.gpg"))
+
+
+# --- seeds --------------------------------------------------------------------------------------
+
+def test_live_seed_gives_admin_and_ssh_without_touching_the_disk(inventory_file):
+    inv = inventory.load(inventory_file)
+    text = seed.live_user_data(inv)
+    assert text.startswith("#cloud-config\n")
+    doc = yaml.safe_load(text)
+    assert "autoinstall" not in doc, "top-level keys only: the live system, never the target disk"
+    user = doc["users"][0]
+    assert user["name"] == "admin" and user["passwd"] == inv.admin.password_hash
+    assert user["ssh_authorized_keys"] == [inv.admin.ssh_public_key]
+    assert doc["ssh_pwauth"] is False
+    assert "admin\n" not in text.split("passwd:")[1].split("\n")[0], "no plain password"
+
+
+def test_install_seed_is_a_complete_autoinstall(inventory_file):
+    inv = inventory.load(inventory_file)
+    doc = yaml.safe_load(seed.install_user_data(inv, "node0"))
+    ai = doc["autoinstall"]
+    assert ai["version"] == 1 and ai["interactive-sections"] == []
+    assert ai["identity"] == {"hostname": "node0", "username": "admin", "realname": "onedotzero admin",
+                              "password": inv.admin.password_hash}
+    assert ai["ssh"] == {"install-server": True, "authorized-keys": [inv.admin.ssh_public_key], "allow-pw": False}
+    files = seed.seed_files(inv)
+    assert set(files) >= {"seed/node0/user-data", "seed/node0/meta-data", "seed/node1/install/user-data",
+                          "seed/default/user-data"}
+
+
+def test_missing_key_stops_with_ssh_keygen_hint(tmp_path, keypair):
+    from conftest import write_inventory
+
+    path = write_inventory(tmp_path, keypair)
+    (tmp_path / "id_ed25519.pub").unlink()
+    with pytest.raises(UserError, match=r"ssh-keygen -t ed25519"):
+        inventory.load(path)
