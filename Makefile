@@ -13,7 +13,7 @@ APT_PACKAGES := python3-venv rsync openssh-client openssh-server gpg gpg-agent i
 	pxelinux syslinux-common syslinux-efi ipxe \
 	qemu-system-x86 qemu-utils ovmf ipxe-qemu procps psmisc
 
-.PHONY: help setup apt venv test test-unit test-integration lint image image-live demo testbed-up testbed-down clean
+.PHONY: help setup apt venv test test-unit test-integration lint image image-live control demo testbed-up testbed-down clean
 help:  ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
@@ -53,6 +53,9 @@ image: setup  ## Build the inventory's golden image (INVENTORY=path)
 
 image-live: setup  ## Fetch, verify and publish the inventory's live image (INVENTORY=path)
 	$(PY) cluster.py -i $(INVENTORY) image build live
+
+control: setup  ## Configure this host as the control node (playbooks/control.yml, preflight first)
+	ANSIBLE_CONFIG=playbooks/ansible.cfg ONEDOTZERO_INVENTORY=$(abspath $(INVENTORY)) $(VENV)/bin/ansible-playbook playbooks/control.yml
 
 demo: setup  ## The virtual cluster end to end: build, serve, boot, status, tear down (KEEP=1 keeps it)
 	$(PY) -m testbed.demo $(if $(KEEP),--keep,)

@@ -273,8 +273,8 @@ def netboot_render(state: State, dry_run: bool, root_dir: str, proxy_dhcp: bool)
 
     files = render.planned_files(state.inv, Path(root_dir), render.RenderOptions(proxy_dhcp=proxy_dhcp))
     if dry_run:
-        diffs = [render.diff(p, t) for p, t in files.items()]
-        click.echo("".join(diffs) or "no changes", nl=False)
+        diffs = "".join(render.diff(p, t) for p, t in files.items())
+        click.echo(diffs or "no changes\n", nl=False)
         return
     changed = [str(p) for p, t in files.items() if render.write_atomic(p, t)]
     changed += render.install_loaders(state.inv.image.store / "tftp")

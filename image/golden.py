@@ -127,9 +127,11 @@ def stage_inputs(cfg: GoldenConfig) -> dict[str, dict]:
         "keyring": hashlib.sha256(keyring.read_bytes()).hexdigest() if keyring.is_file() else "missing",
         "debootstrap": _package_version("debootstrap"),
     }
+    roles = ["base", "netroot", "wol", *cfg.playbook_vars["odz_image_hardware_roles"]]  # what image.yml applies
     configure = {
         "base": _digest(base),
-        "playbooks": _tree_digest(paths.PLAYBOOKS_DIR / "image.yml", paths.PLAYBOOKS_DIR / "roles"),
+        "playbooks": _tree_digest(paths.PLAYBOOKS_DIR / "image.yml",
+                                  *(paths.PLAYBOOKS_DIR / "roles" / r for r in roles)),
         **{f"vars.{k}": v for k, v in sorted(cfg.playbook_vars.items())},
     }
     export = {

@@ -37,8 +37,6 @@ from onedotzero.proc import require_tools, run
 KIND = "live"
 CHUNK = 64 << 10  # small enough that an interrupted transfer keeps nearly all it received
 RETRIES = 3  # resumed attempts per download within one build
-BOOT_FILES = {"vmlinuz": "casper/vmlinuz", "initrd": "casper/initrd",
-              "hwe-vmlinuz": "casper/hwe-vmlinuz", "hwe-initrd": "casper/hwe-initrd"}
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,8 @@ class LiveConfig:
     iso: str
     keyring: Path  # OpenPGP keyring (binary) holding the signing key
     fingerprint: str  # the signing key's primary fingerprint: any other signer is refused
-    ramdisk_size: int
+    boot_files: dict  # kernel, initrd[, hwe_kernel, hwe_initrd] -> path inside the ISO
+    boot_args: tuple[str, ...]  # kernel command line; {iso_url} and {seed_url} are filled in per node
     store: Path
     downloads: Path
 
@@ -59,9 +58,10 @@ class LiveConfig:
         if not live:
             raise UserError(f"distro profile {d.name!r} has no live ISO", "use an Ubuntu profile, e.g. ubuntu-22.04")
         keyring = Path(live["keyring"])
+        files = {k: live[k] for k in ("kernel", "initrd", "hwe_kernel", "hwe_initrd") if live.get(k)}
         return cls(d.name, live["release_url"].rstrip("/"), live["iso"],
                    keyring if keyring.is_absolute() else paths.REPO / keyring,
-                   live["signing_fingerprint"].replace(" ", "").upper(), int(live.get("ramdisk_size", 1500000)),
+                   live["signing_fingerprint"].replace(" ", "").upper(), files, tuple(live["boot_args"]),
                    inv.image.store, inv.image.cache / "downloads")
 
 
@@ -169,19 +169,20 @@ def fetch_verified_iso(cfg: LiveConfig) -> tuple[Path, str]:
     return iso, got
 
 
-def extract_boot(iso: Path, out: Path) -> dict[str, str]:
-    """Runs on the host (xorriso, no loop mount). Out: kernel/initrd files in out; returns what was found."""
+def extract_boot(iso: Path, files: dict, out: Path) -> dict[str, str]:
+    """Runs on the host (xorriso, no loop mount). Out: the profile's boot files in out; returns the found ones."""
     require_tools("xorriso", hint="apt-get install xorriso")
     listing = run(["xorriso", "-indev", iso, "-find", "/", "-type", "f"], capture=True).stdout
     present = {p.strip().strip("'") for p in listing.splitlines()}
     found = {}
-    for name, inside in BOOT_FILES.items():
+    for role, inside in files.items():
+        name = {"kernel": "vmlinuz", "initrd": "initrd", "hwe_kernel": "hwe-vmlinuz", "hwe_initrd": "hwe-initrd"}[role]
         if f"/{inside}" in present:
             run(["xorriso", "-osirrox", "on", "-indev", iso, "-extract", f"/{inside}", out / name], capture=True)
             os.chmod(out / name, 0o644)
-            found[name] = name
-    if "vmlinuz" not in found or "initrd" not in found:
-        raise UserError(f"{iso.name} has no casper/vmlinuz and casper/initrd", "is it a live-server ISO?")
+            found[role] = name
+    if "kernel" not in found or "initrd" not in found:
+        raise UserError(f"{iso.name} has no {files['kernel']} and {files['initrd']}", "is it a live-server ISO?")
     return found
 
 
@@ -189,7 +190,7 @@ def build_live(cfg: LiveConfig) -> Version:
     """Fetch, verify, extract and publish the live image (a no-op naming the version if already there)."""
     store = Store(cfg.store)
     iso, sha = fetch_verified_iso(cfg)
-    input_hash = hashlib.sha256(json.dumps([sha, cfg.iso, cfg.ramdisk_size]).encode()).hexdigest()
+    input_hash = hashlib.sha256(json.dumps([sha, cfg.iso, cfg.boot_files, cfg.boot_args]).encode()).hexdigest()
     existing = store.find_by_input(KIND, input_hash)
     if existing:
         log.info("live image up to date: %s", existing.ref)
@@ -198,20 +199,21 @@ def build_live(cfg: LiveConfig) -> Version:
         out = work / "out"
         out.mkdir()
         with step("live: extracting kernel and initrd"):
-            found = extract_boot(iso, out)
+            found = extract_boot(iso, cfg.boot_files, out)
         try:
             os.link(iso, out / cfg.iso)  # same filesystem: no second copy of a 2 GB file
         except OSError:
             shutil.copyfile(iso, out / cfg.iso)
-        hwe = "hwe-vmlinuz" in found and "hwe-initrd" in found
+        hwe = "hwe_kernel" in found and "hwe_initrd" in found
         version = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{input_hash[:8]}"
         manifest = {
             "kind": KIND, "version": version, "distro": cfg.distro, "input_hash": input_hash,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "iso": cfg.iso, "iso_sha256": sha, "source": f"{cfg.release_url}/{cfg.iso}",
-            "boot": {"kernel": "hwe-vmlinuz" if hwe else "vmlinuz", "initrd": "hwe-initrd" if hwe else "initrd",
-                     "iso": cfg.iso, "ramdisk_size": cfg.ramdisk_size, "args": []},
-            "files": sorted(found),
+            "boot": {"kernel": found["hwe_kernel" if hwe else "kernel"],
+                     "initrd": found["hwe_initrd" if hwe else "initrd"],
+                     "iso": cfg.iso, "args": list(cfg.boot_args)},
+            "files": sorted(found.values()),
             "sizes": {p.name: p.stat().st_size for p in out.iterdir()},
         }
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -94,10 +94,9 @@ def image_entry(inv: Inventory, version: Version, root: str | None = None, node:
         title = f"golden {version.name} ({m.get('distro', '?')}, root over {root})"
     else:
         seed = f"http://{ctl}/seed/{node.name if node else seed_mod.DEFAULT}/{'install/' if install else ''}"
-        # casper: the initrd downloads the whole ISO into RAM; cloud-init reads the node's NoCloud seed.
-        args = [f"url={base}/{m['boot']['iso']}", "ip=dhcp", "root=/dev/ram0",
-                f"ramdisk_size={m['boot']['ramdisk_size']}", "cloud-config-url=/dev/null",
-                f"ds=nocloud-net;s={seed}", *(["autoinstall"] if install else []), *args]
+        # The profile's command line (casper or live-boot): the ISO into RAM, the node's NoCloud seed.
+        args = [a.format(iso_url=f"{base}/{m['boot']['iso']}", seed_url=seed) for a in args]
+        args += ["autoinstall"] if install else []
         title = (f"Install {m.get('distro', '?')} to the local disk (autoinstall, erases it)" if install
                  else f"live {version.name} ({m.get('distro', '?')}, into RAM)")
     if node is not None:

@@ -7,6 +7,7 @@ there; the rendered files serving real nodes is what test_virtual_cluster.py pro
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -39,12 +40,16 @@ def control_tree(golden_build, tmp_path_factory):
     shutil.rmtree(ctx.rootfs, ignore_errors=True)
 
 
-def playbook(inv_path: Path, rootfs: Path, **extra: str) -> subprocess.CompletedProcess:
+def playbook(inv_path: Path, rootfs: Path, **extra: object) -> subprocess.CompletedProcess:
+    # A second inventory source reaches the control node through the chroot; extra vars would also
+    # redirect the tasks delegated to localhost (the preflight).
+    override = rootfs.parent / "chroot-inventory.yml"
+    override.write_text(f"control:\n  hosts:\n    ctl:\n      ansible_connection: community.general.chroot\n"
+                        f"      ansible_host: {rootfs}\n")
     args = [str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(REPO / "playbooks/inventory.py"),
-            str(REPO / "playbooks/control.yml"), "-e", "ansible_connection=community.general.chroot",
-            "-e", f"ansible_host={rootfs}", "-e", "pxe_server_start_services=false"]
-    for k, v in extra.items():
-        args += ["-e", f"{k}={v}"]
+            "-i", str(override), str(REPO / "playbooks/control.yml"),
+            # JSON: real booleans. Ubuntu's release server is out of reach here: no live image fetch.
+            "-e", json.dumps({"pxe_server_start_services": False, "pxe_server_live_image": False, **extra})]
     env = {**os.environ, "ONEDOTZERO_INVENTORY": str(inv_path), "ANSIBLE_CONFIG": str(REPO / "playbooks/ansible.cfg"),
            "ANSIBLE_NOCOLOR": "1"}
     with golden.chroot_env(rootfs):
@@ -62,7 +67,7 @@ def test_preflight_failure_stops_the_play_before_any_change(golden_build, contro
 
 def test_playbook_configures_the_tree_and_a_second_run_changes_nothing(golden_build, control_tree):
     inv = inventory.load(golden_build["inventory"])
-    first = playbook(golden_build["inventory"], control_tree, pxe_server_preflight="false")
+    first = playbook(golden_build["inventory"], control_tree, pxe_server_preflight=False)
     assert first.returncode == 0, first.stdout[-3000:]
     for rel, text in render.service_files(inv).items():
         assert (control_tree / rel).read_text() == text, rel
@@ -74,7 +79,7 @@ def test_playbook_configures_the_tree_and_a_second_run_changes_nothing(golden_bu
     assert golden_build["version"] in (store / "boot/menu.ipxe").read_text()
     for unit in ("dnsmasq", "nginx", "nfs-server"):
         assert list((control_tree / "etc/systemd/system").rglob(f"{unit}.service")), f"{unit} enabled"
-    second = playbook(golden_build["inventory"], control_tree, pxe_server_preflight="false")
+    second = playbook(golden_build["inventory"], control_tree, pxe_server_preflight=False)
     assert second.returncode == 0, second.stdout[-3000:]
     assert RECAP.search(second.stdout).groups() == ("0", "0", "0"), second.stdout[-2000:]
 

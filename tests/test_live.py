@@ -3,16 +3,16 @@ an ISO with the live-server layout, SHA256SUMS signed by a test key, and every w
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import http.server
 import os
 import re
 import shutil
 import subprocess
-import threading
 
 import pytest
 import yaml
+from fixture_http import make_keys, serve, sign
 
 from image import live, seed
 from image.store import Store
@@ -23,74 +23,9 @@ pytestmark = pytest.mark.skipif(not shutil.which("xorriso") or not shutil.which(
 ISO = "ubuntu-22.04.5-live-server-amd64.iso"
 
 
-class Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.files: dict[str, bytes] = {}
-        self.faults: dict[str, str] = {}  # path -> "drop-once" | "truncate"
-        self.requests: list[tuple[str, str]] = []  # (path, Range header)
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *a):
-        pass
-
-    def do_GET(self):
-        srv: Server = self.server  # type: ignore[assignment]
-        path = self.path.lstrip("/")
-        rng = self.headers.get("Range", "")
-        srv.requests.append((path, rng))
-        if path not in srv.files:
-            self.send_error(404)
-            return
-        data, start = srv.files[path], 0
-        if m := re.match(r"bytes=(\d+)-$", rng):
-            start = int(m[1])
-            if start >= len(data):
-                self.send_response(416)
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        fault = srv.faults.get(path)
-        if fault == "truncate" or (fault == "drop-once" and not rng):
-            if fault == "drop-once":
-                srv.faults.pop(path)
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.connection.shutdown(2)  # the server drops mid-download
-            return
-        self.wfile.write(body)
-
-
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
-    """Two test signing keys: the pinned one and another one, both in the keyring."""
-    home = tmp_path_factory.mktemp("gnupg")
-    os.chmod(home, 0o700)
-    env = {**os.environ, "GNUPGHOME": str(home)}
-    fprs = []
-    for name in ("pinned", "other"):
-        subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", f"onedotzero {name} <{name}@invalid>",
-                        "ed25519", "sign", "never"], env=env, check=True, capture_output=True)
-        out = subprocess.run(["gpg", "--with-colons", "--list-keys", f"{name}@invalid"], env=env, check=True,
-                             capture_output=True, text=True).stdout
-        fprs.append(next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:")))
-    keyring = home / "keyring.gpg"
-    keyring.write_bytes(subprocess.run(["gpg", "--export", *fprs], env=env, check=True, capture_output=True).stdout)
-    return {"env": env, "pinned": fprs[0], "other": fprs[1], "keyring": keyring}
-
-
-def sign(keys, data: bytes, signer: str) -> bytes:
-    return subprocess.run(["gpg", "--batch", "--yes", "--detach-sign", "-u", signer, "-o", "-"], input=data,
-                          env=keys["env"], check=True, capture_output=True).stdout
+    return make_keys(tmp_path_factory.mktemp("gnupg"))
 
 
 @pytest.fixture(scope="module")
@@ -111,20 +46,18 @@ def iso(tmp_path_factory) -> bytes:
 
 @pytest.fixture
 def server(keys, iso):
-    srv = Server()
     sums = f"{hashlib.sha256(iso).hexdigest()} *{ISO}\n{'0' * 64} *other.iso\n".encode()
-    srv.files = {ISO: iso, "SHA256SUMS": sums, "SHA256SUMS.gpg": sign(keys, sums, keys["pinned"])}
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
+    srv = serve({ISO: iso, "SHA256SUMS": sums, "SHA256SUMS.gpg": sign(keys, sums, keys["pinned"])})
     yield srv
     srv.shutdown()
     srv.server_close()
 
 
 @pytest.fixture
-def cfg(server, keys, tmp_path) -> live.LiveConfig:
-    return live.LiveConfig("ubuntu-22.04", f"http://127.0.0.1:{server.server_address[1]}", ISO, keys["keyring"],
-                           keys["pinned"], 1500000, tmp_path / "store", tmp_path / "cache/downloads")
+def cfg(server, keys, inventory_file) -> live.LiveConfig:
+    ubuntu = live.LiveConfig.from_inventory(inventory.load(inventory_file), "ubuntu-22.04")
+    return dataclasses.replace(ubuntu, release_url=f"http://127.0.0.1:{server.server_address[1]}",
+                               keyring=keys["keyring"], fingerprint=keys["pinned"])
 
 
 def published(cfg) -> list:
@@ -139,6 +72,7 @@ def test_fetch_verify_extract_publish(cfg, server, iso):
     assert (v.path / "vmlinuz").read_bytes().startswith(b"KERNEL")
     assert (v.path / "initrd").read_bytes().startswith(b"INITRD")
     assert m["boot"]["kernel"] == "hwe-vmlinuz" and m["boot"]["initrd"] == "hwe-initrd", "HWE pair preferred"
+    assert "url={iso_url}" in m["boot"]["args"] and "autoinstall" not in m["boot"]["args"]
     assert published(cfg) == [v]
     # Again, with the ISO cached: only the small signed sums are fetched, and nothing new is published.
     server.requests.clear()
@@ -215,8 +149,6 @@ def test_iso_without_casper_is_refused(cfg, server, keys, tmp_path):
 
 
 def test_missing_keyring_names_the_package(cfg, tmp_path):
-    import dataclasses
-
     with pytest.raises(UserError, match="apt-get install ubuntu-keyring"):
         live.build_live(dataclasses.replace(cfg, keyring=tmp_path / "nope.gpg"))
 
