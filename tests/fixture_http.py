@@ -67,6 +67,7 @@ def serve(files: dict[str, bytes]) -> Server:
 
 def make_keys(home: Path) -> dict:
     """Two test signing keys, "pinned" and "other", both in one binary keyring."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(home, 0o700)
     env = {**os.environ, "GNUPGHOME": str(home)}
     fprs = []

@@ -60,7 +60,8 @@ def test_preflight_failure_stops_the_play_before_any_change(golden_build, contro
     # The inventory's compute interface (odzbr0) does not exist in this namespace.
     proc = playbook(golden_build["inventory"], control_tree)
     assert proc.returncode != 0
-    assert "compute_interface 'odzbr0' does not exist on this host" in proc.stdout
+    # Ansible's YAML output doubles quotes and wraps long lines.
+    assert re.search(r"compute_interface '+odzbr0'+ does not exist on\s+this\s+host", proc.stdout), proc.stdout
     assert not (control_tree / "usr/sbin/dnsmasq").exists(), "nothing installed"
     assert not (control_tree / "etc/dnsmasq.d/onedotzero.conf").exists()
 
@@ -77,8 +78,8 @@ def test_playbook_configures_the_tree_and_a_second_run_changes_nothing(golden_bu
     for loader in ("lpxelinux.0", "ldlinux.c32", "snponly.efi", "undionly.kpxe"):
         assert (store / "tftp" / loader).stat().st_size > 0
     assert golden_build["version"] in (store / "boot/menu.ipxe").read_text()
-    for unit in ("dnsmasq", "nginx", "nfs-server"):
-        assert list((control_tree / "etc/systemd/system").rglob(f"{unit}.service")), f"{unit} enabled"
+    for unit in ("dnsmasq", "nginx", "nfs-server"):  # links into the tree: they may dangle seen from the host
+        assert os.path.lexists(control_tree / f"etc/systemd/system/multi-user.target.wants/{unit}.service"), unit
     second = playbook(golden_build["inventory"], control_tree, pxe_server_preflight=False)
     assert second.returncode == 0, second.stdout[-3000:]
     assert RECAP.search(second.stdout).groups() == ("0", "0", "0"), second.stdout[-2000:]

@@ -36,6 +36,7 @@ def make_store_inventory(tmp_path: Path) -> inventory.Inventory:
 def check_golden(name: str, text: str, store: Path | None = None) -> None:
     if store is not None:
         text = text.replace(str(store), "@STORE@")
+    text = text.replace(str(REPO), "@REPO@")  # the clone's location is not part of the output
     path = GOLDEN / name
     if os.environ.get("UPDATE_GOLDEN") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)
