@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`cluster.py compute status` wall time for 1, 8 and 32 SSH endpoints (goal: 32 cost <= 1.5 x one).
 
-Starts one sshd (own host key, user key, port 22) listening on 32 loopback addresses 127.0.0.10-41,
+Starts sshd (own host key, user key, port 22; 16 addresses per instance) on loopback 127.0.0.10-41,
 each standing in for a node (ForceCommand prints what an onedotzero node's status command prints).
 Baseline, side by side: the same nodes asked one after another. Needs root (port 22, root login).
 
@@ -11,7 +11,6 @@ Baseline, side by side: the same nodes asked one after another. Needs root (port
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import shutil
 import socket
@@ -27,28 +26,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from onedotzero import inventory, power  # noqa: E402
 
 COUNTS = (1, 8, 32)
+USER = "odzbench"  # a temporary system user (the inventory refuses root as admin)
 FIRST = 10
 
 
-def start_sshd(d: Path, count: int) -> subprocess.Popen:
+def start_sshd(d: Path, count: int) -> list[subprocess.Popen]:
+    """sshd instances for `count` loopback endpoints (one sshd listens on at most 16 addresses)."""
     for name in ("host_key", "user_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
     shutil.copy(d / "user_key.pub", d / "authorized_keys")
-    listen = "".join(f"ListenAddress 127.0.0.{FIRST + i}\n" for i in range(count))
-    (d / "sshd_config").write_text(
-        f"Port 22\n{listen}HostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/pid\n"
-        "UsePAM no\nStrictModes no\nPasswordAuthentication no\nPermitRootLogin prohibit-password\n"
-        "MaxStartups 100:30:200\nLogLevel ERROR\n"
-        "ForceCommand echo ONEDOTZERO_IMAGE=golden; echo ONEDOTZERO_VERSION=bench; echo UPTIME=60.0\n")
     Path("/run/sshd").mkdir(exist_ok=True)
-    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")])
+    procs = []
+    for first in range(0, count, 16):
+        listen = "".join(f"ListenAddress 127.0.0.{FIRST + i}\n" for i in range(first, min(count, first + 16)))
+        cfg = d / f"sshd_config.{first}"
+        cfg.write_text(
+            f"Port 22\n{listen}HostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/pid{first}\n"
+            "UsePAM no\nStrictModes no\nPasswordAuthentication no\nPermitRootLogin prohibit-password\n"
+            "MaxStartups 100:30:200\nLogLevel ERROR\n"
+            "ForceCommand echo ONEDOTZERO_IMAGE=golden; echo ONEDOTZERO_VERSION=bench; echo UPTIME=60.0\n")
+        procs.append(subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)]))
     for _ in range(100):
         try:
             socket.create_connection((f"127.0.0.{FIRST + count - 1}", 22), 0.2).close()
-            return proc
+            return procs
         except OSError:
             time.sleep(0.1)
-    proc.kill()
+    for p in procs:
+        p.kill()
     raise SystemExit("sshd did not start")
 
 
@@ -57,7 +62,7 @@ def make_inventory(d: Path, count: int) -> inventory.Inventory:
         "control": {"name": "ctl", "compute_interface": "lo", "address": "127.0.0.1", "subnet": "127.0.0.0/24",
                     "dhcp_range": ["127.0.0.200", "127.0.0.250"]},
         "image": {"distro": "debian-12", "store": str(d / "store"), "cache": str(d / "cache")},
-        "admin": {"user": getpass.getuser(), "ssh_public_key": str(d / "user_key.pub")},
+        "admin": {"user": USER, "ssh_public_key": str(d / "user_key.pub")},
         "nodes": [{"name": f"n{i}", "mac": f"52:54:00:00:00:{i:02x}", "ip": f"127.0.0.{FIRST + i}",
                    "hardware": "virtual-uefi"} for i in range(count)],
     }
@@ -78,9 +83,16 @@ def main() -> None:
     args = p.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (sshd on port 22 of loopback addresses)")
+    # Password "*" (no password, but not a locked account, which sshd would refuse without PAM).
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", "-p", "*", USER], check=True)
     with tempfile.TemporaryDirectory() as t:
         d = Path(t)
-        sshd = start_sshd(d, max(COUNTS))
+        os.chmod(d, 0o755)
+        try:
+            sshds = start_sshd(d, max(COUNTS))
+        except BaseException:
+            subprocess.run(["userdel", USER], check=False)
+            raise
         try:
             inv = make_inventory(d, max(COUNTS))
             rows = []
@@ -91,8 +103,10 @@ def main() -> None:
                                         for _ in range(args.repeat))
                 rows.append((count, par, seq))
         finally:
-            sshd.terminate()
-            sshd.wait()
+            for p in sshds:  # ended by PID: the processes this benchmark started
+                p.terminate()
+                p.wait()
+            subprocess.run(["userdel", USER], check=False)
     one = rows[0][1]
     print(f"{'nodes':>5}  {'status (parallel)':>18}  {'x one node':>10}  {'baseline (sequential)':>22}  "
           f"{'speed-up':>8}")
