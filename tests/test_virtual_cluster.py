@@ -19,7 +19,7 @@ import pytest
 from conftest import REPO, needs_root, run_cli
 
 from onedotzero import inventory, power
-from testbed.bed import Testbed
+from testbed.bed import STATE_ROOT, Testbed
 
 pytestmark = [pytest.mark.integration, needs_root("qemu-system-x86_64", "dnsmasq", "nginx", "ganesha.nfsd")]
 BOOT_TIMEOUT = 900  # two TCG boots at once on 2 cores take 2-3 min; leave room for a loaded CI machine
@@ -33,6 +33,7 @@ def bed(golden_build):
     tb.up()
     yield tb
     tb.down()
+    shutil.rmtree(tb.state, ignore_errors=True)  # its logs: printed already if a test failed
 
 
 def in_ns(bed: Testbed, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -234,6 +235,7 @@ def test_interrupted_testbed_up_leaves_nothing(golden_build):
     assert proc.returncode != 0
     assert not ns.exists()
     assert _leftover_processes(f"run-{name}") == []
+    shutil.rmtree(STATE_ROOT / f"run-{name}", ignore_errors=True)
 
 
 def _leftover_processes(marker: str) -> list[str]:
