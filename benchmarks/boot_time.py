@@ -78,7 +78,7 @@ def main() -> None:
         med = statistics.median(samples)
         print(f"{title:30s} {med:7.0f}s {min(samples):5.0f}s {max(samples):5.0f}s {med / base:6.2f}x")
     if "live" not in results:
-        print("live: no live image in the store yet (the live-image issue), not measured")
+        print("live: no live image in the testbed store (Ubuntu is out of reach here), not measured")
 
 
 if __name__ == "__main__":
