@@ -20,6 +20,7 @@ import jinja2
 from image import seed as seed_mod
 from image.store import Store, Version
 from onedotzero import paths, profiles
+from onedotzero.errors import UserError
 from onedotzero.inventory import Inventory, Node
 
 SERVICE_FILES = {
@@ -191,6 +192,10 @@ def planned_files(inv: Inventory, root: Path, opts: RenderOptions = RenderOption
 
 def install_loaders(tftp_root: Path) -> list[str]:
     """Copy the boot loaders into the TFTP root; returns those that changed."""
+    missing = [src for src in LOADERS.values() if not Path(src).is_file()]
+    if missing:
+        raise UserError(f"boot loaders missing: {', '.join(missing)}",
+                        "apt-get install pxelinux syslinux-common ipxe (or run `make setup`)")
     changed = []
     tftp_root.mkdir(parents=True, exist_ok=True)
     for name, src in LOADERS.items():

@@ -86,9 +86,9 @@ class Testbed:
 
     def _spawn(self, service: str, argv: list[str], pid_from_file: Path | None = None) -> None:
         """Start a daemon in the namespace and record its PID."""
-        logf = open(self.path("log", f"{service}.out"), "ab")
-        proc = subprocess.Popen(self.ns_argv(argv), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        with open(self.path("log", f"{service}.out"), "ab") as logf:  # the child keeps its own copy
+            proc = subprocess.Popen(self.ns_argv(argv), stdout=logf, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
         pidfile = self.path("run", f"{service}.pid")
         if pid_from_file is None:
             pidfile.write_text(f"{proc.pid}\n")

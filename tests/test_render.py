@@ -106,3 +106,12 @@ def test_dry_run_shows_diff_and_writes_nothing(tmp_path):
     assert f"+++ {root}/etc/dnsmasq.d/onedotzero.conf (rendered)" in proc.stdout
     assert "+interface=enx8cae4cf44e21" in proc.stdout
     assert not root.exists()
+
+
+def test_missing_loaders_are_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(render.LOADERS, "lpxelinux.0", str(tmp_path / "absent/lpxelinux.0"))
+    from onedotzero.errors import UserError
+
+    with pytest.raises(UserError, match="boot loaders missing: .*absent/lpxelinux.0 .*apt-get install pxelinux"):
+        render.install_loaders(tmp_path / "tftp")
+    assert not (tmp_path / "tftp").exists(), "nothing half-copied"
