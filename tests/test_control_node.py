@@ -90,16 +90,18 @@ def control_ns(golden_build):
     """The control node's network alone: odzbr0 with 192.168.1.1/24, in a namespace of its own."""
     ns = f"odz-pf{os.getpid() % 100000}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
-    for argv in (["link", "set", "lo", "up"], ["link", "add", "odzbr0", "type", "bridge"],
-                 ["addr", "add", "192.168.1.1/24", "dev", "odzbr0"], ["link", "set", "odzbr0", "up"]):
-        subprocess.run(["ip", "-n", ns, *argv], check=True)
     started: list[subprocess.Popen] = []
-    yield ns, started
-    for p in started:  # ended by PID: what this test started
-        p.terminate()
-        p.wait(10)
-    for name in (ns, f"{ns}-x"):
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+    try:
+        for argv in (["link", "set", "lo", "up"], ["link", "add", "odzbr0", "type", "bridge"],
+                     ["addr", "add", "192.168.1.1/24", "dev", "odzbr0"], ["link", "set", "odzbr0", "up"]):
+            subprocess.run(["ip", "-n", ns, *argv], check=True)
+        yield ns, started
+    finally:
+        for p in started:  # ended by PID: what this test started
+            p.terminate()
+            p.wait(10)
+        for name in (ns, f"{ns}-x"):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
 
 
 def _wait_listening(ns: str, port: str) -> None:

@@ -207,8 +207,10 @@ def _probe_namespace(bed: Testbed, name: str, bridged: bool) -> str:
 
 
 def test_dhcp_answers_only_on_the_compute_interface(bed):
-    probes = {"bridged": _probe_namespace(bed, "pb", True), "other": _probe_namespace(bed, "po", False)}
+    probes = {"bridged": f"{bed.ns}-pb", "other": f"{bed.ns}-po"}
     try:
+        _probe_namespace(bed, "pb", True)
+        _probe_namespace(bed, "po", False)
         offers = {}
         for kind, ns in probes.items():
             iface = "pba" if kind == "bridged" else "poa"
@@ -227,15 +229,18 @@ def test_interrupted_testbed_up_leaves_nothing(golden_build):
     proc = subprocess.Popen([sys.executable, "cluster.py", "-i", str(golden_build["inventory"]), "testbed",
                              "--name", name, "up"], cwd=REPO, stderr=subprocess.PIPE, text=True)
     ns = Path(f"/run/netns/odz-{name}")
-    deadline = time.monotonic() + 30
-    while not ns.exists() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)  # Ctrl-C while it sets up (it needs a second or two more)
-    proc.wait(60)
-    assert proc.returncode != 0
-    assert not ns.exists()
-    assert _leftover_processes(f"run-{name}") == []
-    shutil.rmtree(STATE_ROOT / f"run-{name}", ignore_errors=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not ns.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C while it sets up (it needs a second or two more)
+        proc.wait(60)
+        assert proc.returncode != 0, "the interrupt came too late to test anything"
+        assert not ns.exists()
+        assert _leftover_processes(f"run-{name}") == []
+    finally:  # whatever happened above, leave nothing behind
+        Testbed(inventory.load(golden_build["inventory"]), name).down()
+        shutil.rmtree(STATE_ROOT / f"run-{name}", ignore_errors=True)
 
 
 def _leftover_processes(marker: str) -> list[str]:
