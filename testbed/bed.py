@@ -170,7 +170,8 @@ class Testbed:
         # No kernel NFS server here: rpcbind + nfs-ganesha in a private mount namespace with its own /run.
         nfs_script = (
             "set -e; mount -t tmpfs tmpfs /run; mkdir -p /run/rpcbind /run/ganesha; "
-            f"rpcbind -w; sleep 0.3; pidof rpcbind > {shlex.quote(str(self.path('run/rpcbind.pid')))}; "
+            # rpcbind in the foreground, so $! is this testbed's (pidof would see every testbed's).
+            f"rpcbind -f -w & echo $! > {shlex.quote(str(self.path('run/rpcbind.pid')))}; sleep 0.3; "
             f"exec ganesha.nfsd -F -L {shlex.quote(str(self.path('log/ganesha.log')))} "
             f"-f {shlex.quote(str(self.path('etc/ganesha.conf')))} -p /run/ganesha/ganesha.pid"
         )

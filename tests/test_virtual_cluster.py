@@ -224,7 +224,7 @@ def test_dhcp_answers_only_on_the_compute_interface(bed):
             subprocess.run(["ip", "netns", "delete", ns], check=False)
 
 
-def test_interrupted_testbed_up_leaves_nothing(golden_build):
+def test_interrupted_testbed_up_leaves_nothing(bed, golden_build):
     name = f"i{os.getpid() % 100000}"
     proc = subprocess.Popen([sys.executable, "cluster.py", "-i", str(golden_build["inventory"]), "testbed",
                              "--name", name, "up"], cwd=REPO, stderr=subprocess.PIPE, text=True)
@@ -238,6 +238,7 @@ def test_interrupted_testbed_up_leaves_nothing(golden_build):
         assert proc.returncode != 0, "the interrupt came too late to test anything"
         assert not ns.exists()
         assert _leftover_processes(f"run-{name}") == []
+        assert all(bed.status()["services"].values()), "the other testbed's processes are untouched"
     finally:  # whatever happened above, leave nothing behind
         Testbed(inventory.load(golden_build["inventory"]), name).down()
         shutil.rmtree(STATE_ROOT / f"run-{name}", ignore_errors=True)
@@ -248,8 +249,22 @@ def _leftover_processes(marker: str) -> list[str]:
     return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
 
 
+def _processes_in_netns(inode: int) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.stat(proc / "ns/net").st_ino == inode:
+                pids.append(int(proc.name))
+        except OSError:
+            pass
+    return pids
+
+
 def test_down_leaves_nothing(bed):
+    netns = os.stat(f"/run/netns/{bed.ns}").st_ino
+    assert _processes_in_netns(netns), "the testbed's services live in its namespace"
     bed.down()
+    assert _processes_in_netns(netns) == [], "no process of the testbed's network survives (rpcbind included)"
     assert not Path(f"/run/netns/{bed.ns}").exists()
     assert _leftover_processes(str(bed.state)) == []
     assert not any(bed.is_on(n.name) for n in bed.inv.nodes)
