@@ -143,6 +143,11 @@ def stage_inputs(cfg: GoldenConfig) -> dict[str, dict]:
     return {"base": base, "configure": configure, "export": export}
 
 
+def stage_keys(inputs: dict[str, dict]) -> dict[str, str]:
+    """One hash per stage of that stage's inputs: the cache keys, and the export key names the version."""
+    return {s: _digest(inputs[s]) for s in STAGES}
+
+
 def why_rebuilt(cfg: GoldenConfig, stage: str, inputs: dict) -> str:
     """Names the inputs that changed since the last build of this stage."""
     last_file = cfg.cache / f"inputs-{stage}.json"
@@ -387,7 +392,7 @@ def build_golden(cfg: GoldenConfig) -> tuple[Version, list[str]]:
     """Builds (or finds) the golden image for cfg. Returns the version and the stages that ran."""
     store = Store(cfg.store)
     inputs = stage_inputs(cfg)
-    keys = {s: _digest(inputs[s]) for s in STAGES}
+    keys = stage_keys(inputs)
     existing = store.find_by_input(KIND, keys["export"])
     if existing:
         log.info("golden image up to date: %s (nothing changed)", existing.ref)

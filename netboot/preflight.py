@@ -12,11 +12,11 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from onedotzero import dhcp
+from onedotzero.errors import UserError
 from onedotzero.inventory import Inventory
-from onedotzero.proc import run
+from onedotzero.proc import require_interface, run
 
 # (protocol, port, what needs it, processes that may hold it: ours, or the kernel's NFS server (no process))
 PORTS = (
@@ -62,9 +62,10 @@ def parse_ss(text: str) -> list[Listener]:
 
 def interface_problems(inv: Inventory) -> list[str]:
     c = inv.control
-    if not Path(f"/sys/class/net/{c.compute_interface}").exists():
-        return [f"compute_interface {c.compute_interface!r} does not exist on this host "
-                f"(fix control.compute_interface in {inv.path}; see `ip link`)"]
+    try:
+        require_interface(c.compute_interface, inv.path)
+    except UserError as e:
+        return [e.line()]
     proc = run(["ip", "-j", "addr", "show", "dev", c.compute_interface], capture=True)
     addrs = {ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}")
              for link in json.loads(proc.stdout) for a in link.get("addr_info", []) if a.get("family") == "inet"}

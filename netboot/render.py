@@ -108,13 +108,10 @@ def image_entry(inv: Inventory, version: Version, root: str | None = None, node:
 
 def menu_entries(inv: Inventory, store: Store) -> tuple[list[Entry], str]:
     """Menu for machines without a choice: newest live (the default), newest golden, install, local disk."""
-    entries = []
-    for kind in ("live", "golden"):
-        versions = store.versions(kind)
-        if versions:
-            entries.append(image_entry(inv, versions[-1]))
-    if store.versions("live"):
-        entries.append(image_entry(inv, store.versions("live")[-1], install=True))
+    live, golden = store.versions("live"), store.versions("golden")
+    entries = [image_entry(inv, versions[-1]) for versions in (live, golden) if versions]
+    if live:
+        entries.append(image_entry(inv, live[-1], install=True))
     entries.append(LOCAL)
     return entries, entries[0].label
 

@@ -13,11 +13,11 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from onedotzero.errors import UserError
 from onedotzero.inventory import Inventory, Node
 from onedotzero.log import log
+from onedotzero.proc import require_interface
 
 WOL_PORT = 9
 SO_BINDTODEVICE = 25
@@ -40,16 +40,9 @@ def parse_magic_packet(data: bytes) -> str | None:
     return ":".join(f"{b:02x}" for b in mac)
 
 
-def check_interface(inv: Inventory) -> None:
-    iface = inv.control.compute_interface
-    if not Path(f"/sys/class/net/{iface}").exists():
-        raise UserError(f"compute_interface {iface!r} does not exist on this host",
-                        f"fix control.compute_interface in {inv.path} (see `ip link`)")
-
-
 def send_magic(inv: Inventory, nodes: list[Node]) -> None:
     """One magic packet per node, broadcast on the compute subnet from the compute interface."""
-    check_interface(inv)
+    require_interface(inv.control.compute_interface, inv.path)
     iface = inv.control.compute_interface
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)

@@ -35,6 +35,13 @@ def require_tools(*tools: str, hint: str = "run `make setup`") -> None:
         raise UserError(f"missing tool(s): {', '.join(missing)}", hint)
 
 
+def require_interface(interface: str, inventory_path: Path) -> None:
+    """Refuse early when the inventory's compute interface is not on this host."""
+    if not Path(f"/sys/class/net/{interface}").exists():
+        raise UserError(f"compute_interface {interface!r} does not exist on this host",
+                        f"fix control.compute_interface in {inventory_path} (see `ip link`)")
+
+
 def run(
     cmd: Sequence[str | os.PathLike],
     *,

@@ -73,17 +73,6 @@ class Testbed:
     def exists(self) -> bool:
         return (Path("/run/netns") / self.ns).exists()
 
-    def _pid(self, pidfile: Path) -> int | None:
-        try:
-            pid = int(pidfile.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
-
     def _spawn(self, service: str, argv: list[str], pid_from_file: Path | None = None) -> None:
         """Start a daemon in the namespace and record its PID."""
         with open(self.path("log", f"{service}.out"), "ab") as logf:  # the child keeps its own copy
@@ -94,7 +83,7 @@ class Testbed:
             pidfile.write_text(f"{proc.pid}\n")
             return
         for _ in range(100):  # daemons that fork write their own pid file
-            if self._pid(pid_from_file):
+            if running_pid(pid_from_file):
                 if pid_from_file != pidfile:
                     shutil.copyfile(pid_from_file, pidfile)
                 return
@@ -215,12 +204,12 @@ class Testbed:
         log.info("testbed %s down", self.name)
 
     def _kill(self, pidfile: Path) -> None:
-        pid = self._pid(pidfile)
+        pid = running_pid(pidfile)
         if pid is None:
             return
         os.kill(pid, signal.SIGTERM)
         for _ in range(50):
-            if self._pid(pidfile) is None:
+            if running_pid(pidfile) is None:
                 return
             time.sleep(0.1)
         os.kill(pid, signal.SIGKILL)
@@ -273,7 +262,7 @@ class Testbed:
         raise UserError(f"testbed has no VM for node {node!r}")
 
     def is_on(self, node: str) -> bool:
-        return self._pid(Path(self.spec(node).pidfile)) is not None
+        return running_pid(Path(self.spec(node).pidfile)) is not None
 
     def power_on(self, node: str) -> None:
         """Press the power button (the WoL listener does the same on a magic packet)."""
@@ -286,8 +275,8 @@ class Testbed:
     def status(self) -> dict:
         return {
             "namespace": self.ns if self.exists() else None,
-            "services": {s: self._pid(self.path("run", f"{s}.pid")) is not None for s in SERVICES},
-            "nodes": {s.name: self._pid(Path(s.pidfile)) is not None for s in self.vm_specs().values()},
+            "services": {s: running_pid(self.path("run", f"{s}.pid")) is not None for s in SERVICES},
+            "nodes": {s.name: running_pid(Path(s.pidfile)) is not None for s in self.vm_specs().values()},
         }
 
     def diagnostics(self, lines: int = 40) -> str:
@@ -299,12 +288,22 @@ class Testbed:
         return "\n".join(out)
 
 
+def running_pid(pidfile: Path) -> int | None:
+    """The PID in pidfile if that process is alive, else None."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
 def start_vm(spec: VMSpec, ns: str) -> bool:
     """Start a VM in the namespace (QEMU daemonizes and writes its pid file). False if it was running."""
-    try:
-        os.kill(int(Path(spec.pidfile).read_text().split()[0]), 0)
+    if running_pid(Path(spec.pidfile)) is not None:
         return False
-    except (OSError, ValueError, IndexError):
-        pass
     run(["ip", "netns", "exec", ns, *spec.argv], host=f"netns {ns}")
     return True

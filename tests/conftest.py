@@ -6,6 +6,7 @@ by quietly skipping the tier that needs root.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -33,6 +34,18 @@ def needs_root(*tools: str):
     missing = [t for t in tools if shutil.which(t) is None]
     reasons = (["needs root"] if os.geteuid() != 0 else []) + [f"needs {t}" for t in missing]
     return pytest.mark.skipif(bool(reasons), reason=", ".join(reasons))
+
+
+@contextlib.contextmanager
+def netns(name: str, *ip_commands: list[str]):
+    """A network namespace the test owns: `ip -n name ...` set-up commands, always deleted afterwards."""
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for argv in (["link", "set", "lo", "up"], *ip_commands):
+            subprocess.run(["ip", "-n", name, *argv], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
 
 
 @pytest.fixture

@@ -13,23 +13,18 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, needs_root, run_cli
+from conftest import REPO, needs_root, netns, run_cli
 
 pytestmark = [pytest.mark.integration, needs_root("ip")]
 
 
 @pytest.fixture
 def lonely_ns(inventory_file):
-    ns = f"odz-up{os.getpid() % 100000}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:  # eth9: one end of a veth pair whose other end sits in the same namespace, with no one behind it
-        for argv in (["link", "set", "lo", "up"], ["link", "add", "eth9", "type", "veth", "peer", "name", "eth9p"],
-                     ["addr", "add", "192.168.1.1/24", "dev", "eth9"], ["link", "set", "eth9p", "up"],
-                     ["link", "set", "eth9", "up"]):
-            subprocess.run(["ip", "-n", ns, *argv], check=True)
+    # eth9: one end of a veth pair whose other end sits in the same namespace, with no one behind it
+    with netns(f"odz-up{os.getpid() % 100000}", ["link", "add", "eth9", "type", "veth", "peer", "name", "eth9p"],
+               ["addr", "add", "192.168.1.1/24", "dev", "eth9"], ["link", "set", "eth9p", "up"],
+               ["link", "set", "eth9", "up"]) as ns:
         yield ns
-    finally:
-        subprocess.run(["ip", "netns", "delete", ns], check=False)
 
 
 def test_timeout_names_the_nodes_still_down(inventory_file, lonely_ns):

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, needs_root, run_cli
+from conftest import REPO, needs_root, netns, run_cli
 
 from image import golden
 from netboot import render
@@ -32,7 +32,7 @@ def control_tree(golden_build, tmp_path_factory):
     """A fresh Debian 12 tree (the cached debootstrap base) playing the control node's disk."""
     inv = inventory.load(golden_build["inventory"])
     cfg = golden.GoldenConfig.from_inventory(inv)
-    keys = {s: golden._digest(i) for s, i in golden.stage_inputs(cfg).items()}
+    keys = golden.stage_keys(golden.stage_inputs(cfg))
     ctx = golden.Context(cfg, tmp_path_factory.mktemp("control"), keys, "n/a")
     assert golden.restore(ctx, "base")
     yield ctx.rootfs
@@ -88,20 +88,16 @@ def test_playbook_configures_the_tree_and_a_second_run_changes_nothing(golden_bu
 @pytest.fixture
 def control_ns(golden_build):
     """The control node's network alone: odzbr0 with 192.168.1.1/24, in a namespace of its own."""
-    ns = f"odz-pf{os.getpid() % 100000}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
     started: list[subprocess.Popen] = []
-    try:
-        for argv in (["link", "set", "lo", "up"], ["link", "add", "odzbr0", "type", "bridge"],
-                     ["addr", "add", "192.168.1.1/24", "dev", "odzbr0"], ["link", "set", "odzbr0", "up"]):
-            subprocess.run(["ip", "-n", ns, *argv], check=True)
-        yield ns, started
-    finally:
-        for p in started:  # ended by PID: what this test started
-            p.terminate()
-            p.wait(10)
-        for name in (ns, f"{ns}-x"):
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+    with netns(f"odz-pf{os.getpid() % 100000}", ["link", "add", "odzbr0", "type", "bridge"],
+               ["addr", "add", "192.168.1.1/24", "dev", "odzbr0"], ["link", "set", "odzbr0", "up"]) as ns:
+        try:
+            yield ns, started
+        finally:
+            for p in started:  # ended by PID: what this test started
+                p.terminate()
+                p.wait(10)
+            subprocess.run(["ip", "netns", "delete", f"{ns}-x"], capture_output=True)
 
 
 def _wait_listening(ns: str, port: str) -> None:

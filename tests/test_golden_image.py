@@ -79,7 +79,7 @@ def test_variable_change_rebuilds_from_configure(golden_build, workdir):
 def test_failing_check_stops_the_build(golden_build, tmp_path):
     """A tree that breaks a promise (a private key left in it) fails verify_tree, which precedes publish."""
     cfg = golden.GoldenConfig.from_inventory(inventory.load(golden_build["inventory"]))
-    keys = {s: golden._digest(i) for s, i in golden.stage_inputs(cfg).items()}
+    keys = golden.stage_keys(golden.stage_inputs(cfg))
     ctx = golden.Context(cfg, tmp_path, keys, golden_build["version"])
     assert golden.restore(ctx, "configure")
     golden.clean_tree(ctx)

@@ -149,7 +149,7 @@ def test_live_image_boots_into_ram_with_ssh_and_leaves_the_disk_alone(bed, golde
     from image import golden, live
 
     cfg = golden.GoldenConfig.from_inventory(bed.inv)
-    keys = {s: golden._digest(i) for s, i in golden.stage_inputs(cfg).items()}
+    keys = golden.stage_keys(golden.stage_inputs(cfg))
     ctx = golden.Context(cfg, tmp_path, keys, "n/a")
     assert golden.restore(ctx, "base")
     iso = build_fixture_iso(ctx, tmp_path / "fixture-live.iso").read_bytes()
