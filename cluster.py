@@ -221,16 +221,19 @@ def image_gc(state: State, keep: int) -> None:
               help="What the nodes boot next (newest version unless @VERSION is given).")
 @click.option("--root", type=click.Choice(["nfs", "http"]),
               help="Golden only: root over NFS or fetched into RAM over HTTP (default: inventory image.root).")
+@click.option("--once", is_flag=True,
+              help="For the next boot only; then the node boots its previous choice again.")
 @click.option("--show", is_flag=True, help="List what each node will boot, and change nothing.")
 @click.argument("nodes", nargs=-1)
 @pass_state
-def boot(state: State, spec: str | None, root: str | None, show: bool, nodes: tuple[str, ...]) -> None:
+def boot(state: State, spec: str | None, root: str | None, once: bool, show: bool, nodes: tuple[str, ...]) -> None:
     """Choose what NODES (default: all) boot next. Rewrites only their small boot files, atomically.
 
     \b
     Example:
       ./cluster.py boot --image golden                 # every node: newest golden image
       ./cluster.py boot --image golden@V --root http node1
+      ./cluster.py boot --once --image live node0     # one boot into live, then back
       ./cluster.py boot --show
     """
     from netboot import selection
@@ -238,12 +241,15 @@ def boot(state: State, spec: str | None, root: str | None, show: bool, nodes: tu
     if show == bool(spec):
         raise click.UsageError("give either --image or --show")
     if show:
+        if once:
+            raise click.UsageError("--once goes with --image, not --show")
         rows = [("NODE", "BOOTS", "ROOT")]
-        rows += [(c.node, c.ref, c.root or "-") for c in selection.choices(state.inv) if not nodes or c.node in nodes]
+        rows += [(c.node, c.describe(), c.root or "-") for c in selection.choices(state.inv)
+                 if not nodes or c.node in nodes]
         _table(rows)
         return
-    for node, ref in selection.point(state.inv, spec, nodes, root):
-        click.echo(f"{node.name}: {ref}")
+    for node, ref in selection.point(state.inv, spec, nodes, root, once):
+        click.echo(f"{node.name}: {ref}{' (next boot only)' if once else ''}")
 
 
 @cli.group()
@@ -276,7 +282,7 @@ def netboot_render(state: State, dry_run: bool, root_dir: str, proxy_dhcp: bool)
         diffs = "".join(render.diff(p, t) for p, t in files.items())
         click.echo(diffs or "no changes\n", nl=False)
         return
-    changed = [str(p) for p, t in files.items() if render.write_atomic(p, t)]
+    changed = [str(p) for p, t in files.items() if render.write_atomic(p, t, render.file_mode(p))]
     changed += render.install_loaders(state.inv.image.store / "tftp")
     click.echo("\n".join(f"changed {c}" for c in changed) or "unchanged")
 
@@ -439,19 +445,29 @@ def testbed(ctx: click.Context, name: str) -> None:
     ctx.meta["testbed_name"] = name
 
 
-def _bed(state: State):
-    from testbed.bed import Testbed
+def _bed(state: State, full: bool | None = None):
+    from testbed.bed import open_testbed
 
-    return Testbed(state.inv, click.get_current_context().meta["testbed_name"])
+    return open_testbed(state.inv, click.get_current_context().meta["testbed_name"], full)
 
 
 @testbed.command("up")
+@click.option("--full", is_flag=True,
+              help="Full mode: a control-node VM configured by playbooks/control.yml serves the nodes "
+                   "(inventory: testbed/full.yml).")
 @pass_state
-def testbed_up(state: State) -> None:
-    """Start the namespace, dnsmasq, nginx, NFS and the WoL listener; nodes stay off."""
-    bed = _bed(state)
+def testbed_up(state: State, full: bool) -> None:
+    """Start the namespace, the control node's servers and the WoL listener; nodes stay off.
+
+    \b
+    Fast mode: dnsmasq, nginx and NFS run in the namespace, which plays the control node.
+    Full mode: a VM boots the golden image and is configured by the control playbook; the
+    namespace is a workstation on the segment (the subnet's last address).
+    """
+    bed = _bed(state, full)
     bed.up()
-    click.echo(f"testbed up: run commands as the control node with `ip netns exec {bed.ns} ...`")
+    role = "a workstation on the segment" if full else "the control node"
+    click.echo(f"testbed up: run commands as {role} with `ip netns exec {bed.ns} ...`")
 
 
 @testbed.command("down")

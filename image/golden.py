@@ -287,8 +287,10 @@ def configure_tree(ctx: Context) -> None:
 def clean_tree(ctx: Context) -> None:
     """Runs on the host. In: configured ctx.rootfs. Out: no caches, logs, keys or build-host traces; stamped."""
     r = ctx.rootfs
-    patterns = ["var/lib/apt/lists/*_*", "var/cache/apt/*.bin", "var/cache/apt/archives/*.deb",
-                "var/cache/debconf/*-old", "var/lib/dpkg/*-old", "var/lib/dhcp/*.leases", "tmp/*", "var/tmp/*",
+    # The lists go; see the end for their freshness.
+    patterns = ["var/lib/apt/lists/*_*", "var/lib/apt/periodic/*", "var/cache/apt/*.bin",
+                "var/cache/apt/archives/*.deb", "var/cache/debconf/*-old", "var/lib/dpkg/*-old",
+                "var/lib/dhcp/*.leases", "tmp/*", "var/tmp/*",
                 "root/.ansible", "root/.bash_history", "root/.cache", "etc/ssh/ssh_host_*",
                 "etc/resolv.conf.onedotzero-build", "usr/sbin/policy-rc.d", "etc/*-"]
     for pattern in patterns:
@@ -300,6 +302,9 @@ def clean_tree(ctx: Context) -> None:
     for p in (r / "var/log").rglob("*"):
         if p.is_file():
             p.write_bytes(b"")
+    # Emptied lists must not look fresh: Ansible's apt cache_valid_time goes by the update stamp, else by
+    # the lists directory's mtime (which emptying it just set), and would skip the update on a booted node.
+    os.utime(r / "var/lib/apt/lists", (0, 0))
     # debootstrap copies the build host's hostname; an empty one lets live-boot take the DHCP name.
     (r / "etc/hostname").write_text("")
     (r / "etc/resolv.conf").unlink(missing_ok=True)

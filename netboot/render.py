@@ -8,9 +8,11 @@ Whole-file Jinja templates under netboot/templates mirror their target paths:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,9 @@ SERVICE_FILES = {
     "nginx": "etc/nginx/sites-available/onedotzero",
     "nfs": "etc/exports.d/onedotzero.exports",
     "ganesha": "etc/ganesha/onedotzero.conf",
+    "tftp-hook": "usr/local/libexec/onedotzero-tftp-done",  # dnsmasq's dhcp-script: ends `boot --once`
 }
+EXECUTABLE = {SERVICE_FILES["tftp-hook"]}
 # Boot loaders copied into the TFTP root, from Debian/Ubuntu packages (pxelinux, syslinux-common, ipxe).
 LOADERS = {
     "lpxelinux.0": "/usr/lib/PXELINUX/lpxelinux.0",
@@ -69,6 +73,7 @@ LOCAL = Entry("local", "Boot from the local disk", local=True)
 class RenderOptions:
     proxy_dhcp: bool = False  # another DHCP server owns the segment: answer PXE only
     nginx_log_dir: str = "/var/log/nginx"
+    deploy_root: str = "/"  # where the service files go (files that name each other need it)
 
 
 def render(template: str, **context) -> str:
@@ -127,6 +132,7 @@ def service_files(inv: Inventory, opts: RenderOptions = RenderOptions()) -> dict
         "dns_servers": [str(a) for a in inv.control.dns_servers],
         "proxy_dhcp": opts.proxy_dhcp,
         "nginx_log_dir": opts.nginx_log_dir,
+        "tftp_hook": os.path.join(opts.deploy_root, SERVICE_FILES["tftp-hook"]),
     }
     return {rel: render(f"{rel}.j2", **ctx) for rel in SERVICE_FILES.values()}
 
@@ -156,7 +162,10 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> bool:
     """Replace path with text by write + rename (readers see old or new, never half). True if changed."""
     try:
         if path.read_text() == text:
-            return False
+            if stat.S_IMODE(path.stat().st_mode) == mode:
+                return False
+            os.chmod(path, mode)
+            return True
     except (FileNotFoundError, UnicodeDecodeError):
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,8 +189,14 @@ def diff(path: Path, text: str) -> str:
     return "".join(difflib.unified_diff(old, text.splitlines(keepends=True), str(path), f"{path} (rendered)"))
 
 
+def file_mode(path: str | Path) -> int:
+    """The mode a rendered file is deployed with (relative or deployed path)."""
+    return 0o755 if any(str(path).endswith(rel) for rel in EXECUTABLE) else 0o644
+
+
 def planned_files(inv: Inventory, root: Path, opts: RenderOptions = RenderOptions()) -> dict[Path, str]:
     store = Store(inv.image.store)
+    opts = dataclasses.replace(opts, deploy_root=str(root))
     files = {root / rel: text for rel, text in service_files(inv, opts).items()}
     files.update({inv.image.store / rel: text for rel, text in boot_files(inv, store).items()})
     return files

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from dataclasses import dataclass
@@ -23,8 +24,12 @@ class HostRecap:
     failed: int
 
 
-def playbook(inv: Inventory, name: str, limit: list[str] | None = None) -> list[HostRecap]:
-    """Runs playbooks/<name> with the inventory script; returns the PLAY RECAP per host."""
+def playbook(inv: Inventory, name: str, limit: list[str] | None = None, extra_vars: dict | None = None,
+             netns: str | None = None) -> list[HostRecap]:
+    """Runs playbooks/<name> with the inventory script; returns the PLAY RECAP per host.
+
+    extra_vars go in as JSON (typed: `-e k=v` would make every value a string); netns runs Ansible in
+    that network namespace (the virtual cluster's segment)."""
     log_file = inv.image.cache / "ansible" / f"{Path(name).stem}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     log_file.unlink(missing_ok=True)
@@ -36,6 +41,10 @@ def playbook(inv: Inventory, name: str, limit: list[str] | None = None) -> list[
         argv += ["--private-key", key]
     if limit:
         argv += ["--limit", ",".join(limit)]
+    if extra_vars:
+        argv += ["-e", json.dumps(extra_vars)]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
     run_progress(argv, "ansible", phase=re.compile(r"^TASK \[(.*)\]"), host=", ".join(limit or ["all"]), env={
         "ONEDOTZERO_INVENTORY": str(inv.path), "ANSIBLE_CONFIG": str(paths.PLAYBOOKS_DIR / "ansible.cfg"),
         "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOG_PATH": str(log_file),

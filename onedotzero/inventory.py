@@ -36,6 +36,7 @@ class Control:
     dhcp_range: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]
     ansible_host: str  # how Ansible reaches the control node; "localhost" when the toolkit runs on it
     dns_servers: tuple[ipaddress.IPv4Address, ...] = ()  # handed to nodes by DHCP; none if empty
+    ansible_user: str = ""  # the SSH user when Ansible reaches it over SSH; "" = the invoking user
 
     @property
     def broadcast(self) -> ipaddress.IPv4Address:
@@ -159,7 +160,8 @@ def parse(data: Any, source: Path) -> Inventory:
     top = _Fields(source, "", data, {"cluster", "control", "nodes", "admin", "image", "extra"})
 
     c = _Fields(source, "control", top.get("control", kind=dict),
-                {"name", "compute_interface", "address", "subnet", "dhcp_range", "ansible_host", "dns_servers"})
+                {"name", "compute_interface", "address", "subnet", "dhcp_range", "ansible_host", "ansible_user",
+                 "dns_servers"})
     name = c.get("name")
     if not HOSTNAME_RE.match(name):
         c.fail(f"{name!r} is not a valid host name", "use lower-case letters, digits and '-'", "name")
@@ -188,7 +190,8 @@ def parse(data: Any, source: Path) -> Inventory:
         dns = tuple(ipaddress.IPv4Address(str(a)) for a in c.get("dns_servers", [], list))
     except ValueError:
         c.fail(f"{c.get('dns_servers')!r} holds something that is not an IPv4 address", None, "dns_servers")
-    control = Control(name, iface, address, subnet, (first, last), c.get("ansible_host", "localhost"), dns)
+    control = Control(name, iface, address, subnet, (first, last), c.get("ansible_host", "localhost"), dns,
+                      c.get("ansible_user", ""))
 
     i = _Fields(source, "image", top.get("image", {}, dict), {"store", "cache", "distro", "root", "models_label"})
     distro = i.get("distro", "ubuntu-22.04")
@@ -317,7 +320,8 @@ def to_ansible(inv: Inventory) -> dict:
         "_meta": {
             "hostvars": {
                 inv.control.name: {"ansible_host": inv.control.ansible_host,
-                                   **({"ansible_connection": "local"} if local else {})},
+                                   **({"ansible_connection": "local"} if local else {}),
+                                   **({"ansible_user": inv.control.ansible_user} if inv.control.ansible_user else {})},
                 **{
                     n.name: {"ansible_host": str(n.ip), "ansible_user": inv.admin.user, "odz_node_mac": n.mac,
                              "odz_node_hardware": n.hardware, "odz_node_models_disk": n.models_disk,

@@ -73,13 +73,18 @@ class NodeStatus:
 
 
 def ssh_argv(inv: Inventory, node: Node, command: str, connect_timeout: int = CONNECT_TIMEOUT) -> list[str]:
+    return [*ssh_options(inv, connect_timeout), f"{inv.admin.user}@{node.ip}", command]
+
+
+def ssh_options(inv: Inventory, connect_timeout: int = CONNECT_TIMEOUT) -> list[str]:
+    """ssh with the inventory's key, never prompting."""
     # Nodes regenerate host keys on every boot (shared read-only image): do not pin them.
     argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}",
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
     key = inv.admin.ssh_public_key_path.with_suffix("")
     if key.is_file():
         argv += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
-    return [*argv, f"{inv.admin.user}@{node.ip}", command]
+    return argv
 
 
 def ssh(inv: Inventory, node: Node, command: str, timeout: float = 30) -> tuple[int, str, str, float]:

@@ -46,7 +46,13 @@ class VMSpec:
 
 
 class Testbed:
+    """Fast mode: the control node's servers run as processes in the namespace."""
+
     __test__ = False  # not a pytest test class, whatever its name
+    mode = "fast"
+    services = SERVICES  # what `down` ends, in reverse order
+    tools = ("ip", "dnsmasq", "nginx", "ganesha.nfsd", "rpcbind", "qemu-system-x86_64", "unshare", "mkfs.ext4")
+    extra_taps: tuple[str, ...] = ()
 
     def __init__(self, inv: Inventory, name: str = "default", memory_mb: int = 2048):
         if not name.replace("-", "").isalnum() or len(name) > 10:
@@ -97,7 +103,7 @@ class Testbed:
     def preflight(self) -> None:
         if os.geteuid() != 0:
             raise UserError("the virtual cluster needs root (network namespaces, taps)", "run it with sudo")
-        require_tools("ip", "dnsmasq", "nginx", "ganesha.nfsd", "rpcbind", "qemu-system-x86_64", "unshare")
+        require_tools(*self.tools)
         if self.exists():
             raise UserError(f"testbed {self.name!r} is already up (namespace {self.ns})",
                             f"stop it first: ./cluster.py -i {self.inv.path} testbed down")
@@ -108,10 +114,10 @@ class Testbed:
         shutil.rmtree(self.state, ignore_errors=True)
         for d in ("run", "log", "etc", "disks", "ganesha"):
             self.path(d).mkdir(parents=True, exist_ok=True)
+        self.path("mode").write_text(self.mode + "\n")
         try:
             self._network()
-            self._render()
-            self._services()
+            self._serve()
             self._vm_specs()
             self._spawn("wol", [sys.executable, "-m", "testbed.wol_listener", str(self.state), self.bridge])
             self._wait_log("wol.out", "listening", "the Wake-on-LAN listener")
@@ -121,23 +127,31 @@ class Testbed:
             self.down()
             raise
 
+    @property
+    def address(self):
+        """The namespace's own address on the segment: here it is the control node."""
+        return self.inv.control.address
+
     def _network(self) -> None:
-        c = self.inv.control
         run(["ip", "netns", "add", self.ns])
         self.ns_run(["ip", "link", "set", "lo", "up"])
         self.ns_run(["ip", "link", "add", self.bridge, "type", "bridge"])
-        self.ns_run(["ip", "addr", "add", f"{c.address}/{c.subnet.prefixlen}", "dev", self.bridge])
+        self.ns_run(["ip", "addr", "add", f"{self.address}/{self.inv.control.subnet.prefixlen}", "dev", self.bridge])
         self.ns_run(["ip", "link", "set", self.bridge, "up"])
-        for i, _ in enumerate(self.inv.nodes):
-            tap = f"tap{i}"
+        for tap in [f"tap{i}" for i, _ in enumerate(self.inv.nodes)] + list(self.extra_taps):
             self.ns_run(["ip", "tuntap", "add", tap, "mode", "tap"])
             self.ns_run(["ip", "link", "set", tap, "master", self.bridge, "up"])
 
+    def _serve(self) -> None:
+        """The control node's side: rendered configs, then the daemons on them."""
+        self._render()
+        self._services()
+
     def _render(self) -> None:
         """The control node's files, exactly as the toolkit renders them for a real control node."""
-        opts = render.RenderOptions(nginx_log_dir=str(self.path("log")))
+        opts = render.RenderOptions(nginx_log_dir=str(self.path("log")), deploy_root=str(self.state))
         for rel, text in render.service_files(self.inv, opts).items():
-            render.write_atomic(self.path(rel), text)
+            render.write_atomic(self.path(rel), text, render.file_mode(rel))
         store = Store(self.inv.image.store)
         for rel, text in render.boot_files(self.inv, store).items():
             render.write_atomic(self.inv.image.store / rel, text)
@@ -197,8 +211,10 @@ class Testbed:
         """End every process the testbed started (by PID), then delete the namespace and its links."""
         for vm in self.vm_specs().values():
             self._kill(Path(vm.pidfile))
-        for service in reversed(SERVICES):
+        for service in reversed(self.services):
             self._kill(self.path("run", f"{service}.pid"))
+        for pidfile in sorted(self.path("run").glob("*.pid")):  # anything else recorded (e.g. another mode's)
+            self._kill(pidfile)
         if self.exists():
             run(["ip", "netns", "delete", self.ns], check=False)
         log.info("testbed %s down", self.name)
@@ -275,7 +291,7 @@ class Testbed:
     def status(self) -> dict:
         return {
             "namespace": self.ns if self.exists() else None,
-            "services": {s: running_pid(self.path("run", f"{s}.pid")) is not None for s in SERVICES},
+            "services": {s: running_pid(self.path("run", f"{s}.pid")) is not None for s in self.services},
             "nodes": {s.name: running_pid(Path(s.pidfile)) is not None for s in self.vm_specs().values()},
         }
 
@@ -286,6 +302,18 @@ class Testbed:
             text = f.read_text(errors="replace").splitlines()[-lines:]
             out.append(f"==> {f} <==\n" + "\n".join(text))
         return "\n".join(out)
+
+
+def open_testbed(inv: Inventory, name: str = "default", full: bool | None = None) -> Testbed:
+    """The testbed called name, in full mode if asked (None: the mode the running one was started in)."""
+    from testbed.full import FullTestbed
+
+    if full is None:
+        try:
+            full = (STATE_ROOT / f"run-{name}" / "mode").read_text().strip() == FullTestbed.mode
+        except FileNotFoundError:
+            full = False
+    return (FullTestbed if full else Testbed)(inv, name)
 
 
 def running_pid(pidfile: Path) -> int | None:

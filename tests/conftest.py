@@ -116,11 +116,30 @@ def workdir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def make_testbed_inventory(workdir: Path, name: str = "cluster.yml", **image) -> Path:
-    """testbed/cluster.yml with the store, key and any image settings moved for this session."""
+@contextlib.contextmanager
+def running(bed):
+    """A testbed up for the block, then down and its state removed. If `up` fails, its logs go into the
+    report (stderr) before they are removed: `up` already ended what it had started."""
+    try:
+        bed.up()
+    except BaseException:
+        if bed.state.is_dir():
+            print(bed.diagnostics(), file=sys.stderr)
+        shutil.rmtree(bed.state, ignore_errors=True)
+        raise
+    try:
+        yield bed
+    finally:
+        bed.down()
+        shutil.rmtree(bed.state, ignore_errors=True)  # its logs: printed already if a test failed
+
+
+def make_testbed_inventory(workdir: Path, name: str = "cluster.yml", source: str = "testbed/cluster.yml",
+                           **image) -> Path:
+    """A testbed inventory (source) with the store, key and any image settings moved for this session."""
     import yaml
 
-    data = yaml.safe_load((REPO / "testbed/cluster.yml").read_text())
+    data = yaml.safe_load((REPO / source).read_text())
     data["image"]["store"] = str(workdir / "store")
     data["image"].update(image)
     data["admin"]["ssh_public_key"] = str(workdir / "id_ed25519.pub")

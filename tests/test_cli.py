@@ -27,6 +27,8 @@ def test_help_everywhere(path):
 
 @pytest.mark.parametrize("args,fragment", [
     (["boot", "--image", "golden", "--show"], "give either --image or --show"),
+    (["boot", "--show", "--once"], "--once goes with --image"),
+    (["testbed", "--name", "x", "up", "--full"], "full mode: control.compute_interface is 'eth9'"),
     (["boot", "--image", "windows"], "unknown image"),
     (["boot", "--image", "golden", "nodeX"], "unknown node 'nodeX'"),
     (["boot", "--image", "golden@20990101T000000Z-deadbeef"], "no such image golden@20990101T000000Z-deadbeef"),

@@ -72,6 +72,7 @@ def test_playbook_configures_the_tree_and_a_second_run_changes_nothing(golden_bu
     assert first.returncode == 0, first.stdout[-3000:]
     for rel, text in render.service_files(inv).items():
         assert (control_tree / rel).read_text() == text, rel
+        assert (control_tree / rel).stat().st_mode & 0o777 == render.file_mode(rel), rel  # the TFTP hook runs
     assert os.readlink(control_tree / "etc/nginx/sites-enabled/onedotzero") == \
         "/etc/nginx/sites-available/onedotzero"
     store = control_tree / str(inv.image.store).lstrip("/")

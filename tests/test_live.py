@@ -12,12 +12,12 @@ import subprocess
 
 import pytest
 import yaml
-from fixture_http import make_keys, serve, sign
 
 from image import live, seed
 from image.store import Store
 from onedotzero import inventory
 from onedotzero.errors import UserError
+from testbed.fixture_http import make_keys, serve, sign
 
 pytestmark = pytest.mark.skipif(not shutil.which("xorriso") or not shutil.which("gpgv"), reason="needs xorriso, gpgv")
 ISO = "ubuntu-22.04.5-live-server-amd64.iso"

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, needs_root, run_cli
+from conftest import REPO, needs_root, run_cli, running
 
 from onedotzero import inventory, power
 from testbed.bed import STATE_ROOT, Testbed
@@ -30,10 +30,8 @@ def bed(golden_build):
     inv = inventory.load(golden_build["inventory"])
     tb = Testbed(inv, f"t{os.getpid() % 100000}")
     assert run_cli("-i", str(inv.path), "boot", "--image", golden_build["ref"]).returncode == 0
-    tb.up()
-    yield tb
-    tb.down()
-    shutil.rmtree(tb.state, ignore_errors=True)  # its logs: printed already if a test failed
+    with running(tb):
+        yield tb
 
 
 def in_ns(bed: Testbed, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -106,20 +104,34 @@ def test_configure_succeeds_and_a_second_run_changes_nothing(bed):
     assert all(line.endswith(" changed=0") for line in second.stdout.splitlines()), second.stdout
 
 
-def test_switch_a_node_to_http_root_and_restart(bed, golden_build):
-    assert in_ns(bed, "boot", "--image", golden_build["ref"], "--root", "http", "node0").returncode == 0
-    proc = in_ns(bed, "compute", "restart", "node0")
-    assert proc.returncode == 0 and "node0: restarting" in proc.stdout
-    time.sleep(20)  # the node goes down before it comes back
+def test_boot_once_then_fall_back_bios_and_uefi(bed, golden_build):
+    """`boot --once`: the next boot fetches the root over HTTP; dnsmasq's TFTP hook then puts the NFS
+    choice back (BIOS: on pxelinux's config file; UEFI: on iPXE's one-time script, both over TFTP)."""
+    ref = golden_build["ref"]
+    proc = in_ns(bed, "boot", "--once", "--image", ref, "--root", "http", "node0", "node1")
+    assert proc.returncode == 0, proc.stderr
+    shown = in_ns(bed, "boot", "--show").stdout.splitlines()
+    assert shown[1].split() == ["node0", ref, "once,", "then", ref, "http"], shown
+    proc = in_ns(bed, "compute", "restart", "node0", "node1")
+    assert proc.returncode == 0 and "node0: restarting" in proc.stdout and "node1: restarting" in proc.stdout
+    time.sleep(20)  # the nodes go down before they come back
     deadline = time.monotonic() + BOOT_TIMEOUT
-    while time.monotonic() < deadline:
-        r = node_ssh(bed, "node0", "cat /proc/cmdline; findmnt -no FSTYPE /run/live/medium || echo medium=none")
-        if r.returncode == 0 and "fetch=" in r.stdout:
-            break
+    pending = {"node0", "node1"}
+    while pending and time.monotonic() < deadline:
+        for node in sorted(pending):
+            r = node_ssh(bed, node, "cat /proc/cmdline; findmnt -no FSTYPE /run/live/medium || echo medium=none")
+            if r.returncode == 0 and "fetch=" in r.stdout:
+                assert "nfs" not in r.stdout.split("\n")[1:], "the root was fetched into RAM, not mounted over NFS"
+                pending.discard(node)
         time.sleep(5)
-    else:
-        pytest.fail("node0 did not come back with the HTTP-fetched root")
-    assert "nfs" not in r.stdout.split("\n")[1:], "the root was fetched into RAM, not mounted over NFS"
+    assert not pending, f"{pending} did not come back with the HTTP-fetched root"
+    # Both delivered their one-time boot file, so both are back on their previous choice.
+    rows = [line.split() for line in in_ns(bed, "boot", "--show").stdout.splitlines()[1:]]
+    assert rows == [["node0", ref, "-"], ["node1", ref, "-"]], rows
+    assert not list((bed.inv.image.store / "tftp" / "once").glob("*.ipxe"))
+    dnsmasq_log = bed.path("log", "dnsmasq.log").read_text()
+    for node in bed.inv.nodes:  # the hook's own words, logged by dnsmasq: it is what switched them back
+        assert f"{node.mac_hyphen} ({node.ip}) received its one-time boot file" in dnsmasq_log
 
 
 def test_down_powers_off_and_status_names_it(bed):
@@ -140,31 +152,11 @@ def test_down_powers_off_and_status_names_it(bed):
 
 def test_live_image_boots_into_ram_with_ssh_and_leaves_the_disk_alone(bed, golden_build, tmp_path):
     """The live pipeline end to end: signed sums and a fixture ISO over HTTP, published, PXE-booted into RAM."""
-    import dataclasses
     import hashlib
 
-    from fixture_http import make_keys, serve, sign
-    from live_fixture import BOOT_ARGS, build_fixture_iso
+    from testbed.live_fixture import publish_fixture_live
 
-    from image import golden, live
-
-    cfg = golden.GoldenConfig.from_inventory(bed.inv)
-    keys = golden.stage_keys(golden.stage_inputs(cfg))
-    ctx = golden.Context(cfg, tmp_path, keys, "n/a")
-    assert golden.restore(ctx, "base")
-    iso = build_fixture_iso(ctx, tmp_path / "fixture-live.iso").read_bytes()
-    shutil.rmtree(ctx.rootfs)
-    gpg = make_keys(tmp_path / "gnupg")
-    sums = f"{hashlib.sha256(iso).hexdigest()} *debian-live-fixture.iso\n".encode()
-    srv = serve({"debian-live-fixture.iso": iso, "SHA256SUMS": sums, "SHA256SUMS.gpg": sign(gpg, sums, gpg["pinned"])})
-    try:
-        lcfg = live.LiveConfig("debian-12", f"http://127.0.0.1:{srv.server_address[1]}", "debian-live-fixture.iso",
-                               gpg["keyring"], gpg["pinned"], {"kernel": "casper/vmlinuz", "initrd": "casper/initrd"},
-                               BOOT_ARGS, bed.inv.image.store, tmp_path / "downloads")
-        version = live.build_live(dataclasses.replace(lcfg))
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    version = publish_fixture_live(bed.inv, tmp_path)
     bed._render()  # the menus and seeds, as `netboot render` leaves them on a control node
     assert in_ns(bed, "boot", "--image", "live", "node1").returncode == 0
     disk = Path(bed.path("disks", "node1-models.img"))

@@ -98,3 +98,10 @@ def test_no_daemon_dhcp_client_besides_ifupdown(host):
     # live-boot configures the root NIC; a second DHCP client would fight over it.
     assert not host.file("/etc/systemd/system/multi-user.target.wants/systemd-networkd.service").exists
     assert host.package("ifupdown").is_installed
+
+
+def test_emptied_package_lists_do_not_look_fresh(host):
+    """Ansible's apt cache_valid_time trusts the update stamp, else the lists directory's mtime: either
+    looking recent makes a booted node skip `apt update` and find no packages at all."""
+    assert not host.file("/var/lib/apt/periodic/update-success-stamp").exists
+    assert host.check_output("stat -c %Y /var/lib/apt/lists") == "0"

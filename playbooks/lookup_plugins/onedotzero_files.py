@@ -1,6 +1,6 @@
 """Ansible lookup: the files the toolkit renders for the control node, from the one inventory.
 
-    lookup('onedotzero_files', 'services', proxy_dhcp=false)  -> [{path, content, service}, ...]
+    lookup('onedotzero_files', 'services', proxy_dhcp=false)  -> [{path, content, service, mode}, ...]
     lookup('onedotzero_files', 'menus')                        -> [{path, content, service}, ...]
 
 The inventory is the one cluster.py and playbooks/inventory.py read ($ONEDOTZERO_INVENTORY, else
@@ -36,7 +36,8 @@ class LookupModule(LookupBase):
             if term == "services":
                 opts = render.RenderOptions(proxy_dhcp=bool(kwargs.get("proxy_dhcp", False)))
                 for rel, text in render.service_files(inv, opts).items():
-                    files.append({"path": f"/{rel}", "content": text, "service": SERVICE_OF[rel]})
+                    files.append({"path": f"/{rel}", "content": text, "service": SERVICE_OF[rel],
+                                  "mode": f"{render.file_mode(rel):04o}"})
             elif term == "menus":
                 for rel, text in render.boot_files(inv, Store(inv.image.store)).items():
                     files.append({"path": str(inv.image.store / rel), "content": text, "service": "menus"})

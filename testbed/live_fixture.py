@@ -8,11 +8,17 @@ and cloud-init reads the node's NoCloud seed: the `admin` user and its key come 
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 from pathlib import Path
 
-from image import golden
+from image import golden, live
+from image.store import Version
+from onedotzero.inventory import Inventory
+from testbed.fixture_http import make_keys, serve, sign
+
+ISO_NAME = "debian-live-fixture.iso"
 
 CLOUD_CFG = """\
 # onedotzero fixture: seeds come over HTTP (ds=nocloud-net on the command line); live-boot owns the network.
@@ -51,3 +57,25 @@ def build_fixture_iso(ctx: golden.Context, out: Path) -> Path:
                    check=True, capture_output=True)
     shutil.rmtree(tree)
     return out
+
+
+def publish_fixture_live(inv: Inventory, workdir: Path) -> Version:
+    """Build the fixture ISO and publish it into inv's store through the real live pipeline: signed
+    SHA256SUMS from a loopback HTTP server, a test key pinned as the release key, download, verify, extract."""
+    cfg = golden.GoldenConfig.from_inventory(inv)
+    ctx = golden.Context(cfg, workdir, golden.stage_keys(golden.stage_inputs(cfg)), "n/a")
+    if not golden.restore(ctx, "base"):
+        raise RuntimeError("no cached debootstrap tree: build the golden image first")
+    iso = build_fixture_iso(ctx, workdir / ISO_NAME).read_bytes()
+    shutil.rmtree(ctx.rootfs)
+    gpg = make_keys(workdir / "gnupg")
+    sums = f"{hashlib.sha256(iso).hexdigest()} *{ISO_NAME}\n".encode()
+    srv = serve({ISO_NAME: iso, "SHA256SUMS": sums, "SHA256SUMS.gpg": sign(gpg, sums, gpg["pinned"])})
+    try:
+        return live.build_live(live.LiveConfig(
+            "debian-12", f"http://127.0.0.1:{srv.server_address[1]}", ISO_NAME, gpg["keyring"], gpg["pinned"],
+            {"kernel": "casper/vmlinuz", "initrd": "casper/initrd"}, BOOT_ARGS, inv.image.store,
+            workdir / "downloads"))
+    finally:
+        srv.shutdown()
+        srv.server_close()
