@@ -477,6 +477,19 @@ def testbed_down(state: State) -> None:
     _bed(state).down()
 
 
+@testbed.command("power-on")
+@click.argument("nodes", nargs=-1)
+@pass_state
+def testbed_power_on(state: State, nodes: tuple[str, ...]) -> None:
+    """Press the power button of node VMs (default: all). Full mode has no toolkit on the control VM to
+    send magic packets; in fast mode `compute up` does this with Wake-on-LAN."""
+    bed = _bed(state)
+    if not bed.exists():
+        raise UserError(f"testbed {bed.name!r} is not up", f"start it: ./cluster.py -i {state.inv.path} testbed up")
+    for node in state.inv.select(nodes):
+        click.echo(f"{node.name}: {'powered on' if bed.power_on(node.name) else 'already on'}")
+
+
 @testbed.command("status")
 @pass_state
 def testbed_status(state: State) -> None:

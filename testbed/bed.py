@@ -280,9 +280,9 @@ class Testbed:
     def is_on(self, node: str) -> bool:
         return running_pid(Path(self.spec(node).pidfile)) is not None
 
-    def power_on(self, node: str) -> None:
-        """Press the power button (the WoL listener does the same on a magic packet)."""
-        start_vm(self.spec(node), self.ns)
+    def power_on(self, node: str) -> bool:
+        """Press the power button (the WoL listener does the same on a magic packet). False if it was on."""
+        return start_vm(self.spec(node), self.ns)
 
     def power_off(self, node: str) -> None:
         """Pull the plug."""

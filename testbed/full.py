@@ -64,14 +64,13 @@ class FullTestbed(Testbed):
                             f"{fix}: ansible_host: {c.address}, ansible_user: {self.inv.admin.user}")
         if self.address == c.address or self.address in {n.ip for n in self.inv.nodes}:
             raise UserError(f"full mode: the workstation address {self.address} is taken", fix)
+        if not Store(self.inv.image.store).versions("golden"):
+            raise UserError(f"full mode: no golden image in {self.inv.image.store} for the control VM to boot",
+                            f"build it: ./cluster.py -i {self.inv.path} image build golden")
         super().preflight()
 
     def _serve(self) -> None:
-        store = Store(self.inv.image.store)
-        if not store.versions("golden"):
-            raise UserError(f"full mode: no golden image in {store.root} for the control VM to boot",
-                            f"build it: ./cluster.py -i {self.inv.path} image build golden")
-        version = store.get("golden")
+        version = Store(self.inv.image.store).get("golden")
         disk = self._store_disk()
         self._bootstrap(version)
         self._start_control(version, disk)
