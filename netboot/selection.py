@@ -61,10 +61,6 @@ class _Plan:
     remove: list[str]  # --once: what the hook deletes then (files the previous choice did not have)
 
 
-def _once_rel(node: Node) -> str:
-    return f"{ONCE_DIR}/{node.mac_hyphen}"
-
-
 def point(inv: Inventory, spec: str, node_names: list[str] | tuple[str, ...],
           root: str | None = None, once: bool = False) -> list[tuple[Node, str]]:
     """Point the named nodes (all when none) at an image, for good or for the next boot only (once).
@@ -86,35 +82,39 @@ def point(inv: Inventory, spec: str, node_names: list[str] | tuple[str, ...],
         if node.hardware not in entries:
             entries[node.hardware] = entry_for(inv, store, node, ref, root)
         files = render.node_files(inv, node, entries[node.hardware])
-        state = {"ref": ref, "root": root}
+        state_rel, once_script = f"{STATE_DIR}/{node.name}.json", f"tftp/once/{node.mac_hyphen}.ipxe"
         restore: dict[str, str] = {}
-        remove = [f"tftp/once/{node.mac_hyphen}.ipxe"]
+        remove = [once_script]
+        then = None
         if once:
-            before = current[node.name].then or current[node.name]  # a pending --once is replaced, not stacked
-            state["then"] = {"ref": before.ref, "root": before.root}
-            if before.ref == "menu":
-                remove += [*files, f"{STATE_DIR}/{node.name}.json"]
+            then = current[node.name].then or current[node.name]  # a pending --once is replaced, not stacked
+            if then.ref == "menu":
+                remove += [*files, state_rel]
             else:
-                restore = render.node_files(inv, node, entry_for(inv, store, node, before.ref, before.root))
-                restore[f"{STATE_DIR}/{node.name}.json"] = _state_text(before.ref, before.root)
+                restore = render.node_files(inv, node, entry_for(inv, store, node, then.ref, then.root))
+                restore[state_rel] = _state_text(then.ref, then.root)
             ipxe = f"boot/{node.mac_hyphen}.ipxe"
-            files[f"tftp/once/{node.mac_hyphen}.ipxe"] = files[ipxe]
+            files[once_script] = files[ipxe]
             files[ipxe] = render.render("boot/once.ipxe.j2", control=inv.control, node=node,
                                         e=entries[node.hardware])
-        files[f"{STATE_DIR}/{node.name}.json"] = json.dumps(state) + "\n"
+        files[state_rel] = _state_text(ref, root, then)
         plans.append(_Plan(node, files, restore, remove))
     for plan in plans:
         _write(inv, plan, once)
     return [(plan.node, ref) for plan in plans]
 
 
-def _state_text(ref: str, root: str | None) -> str:
-    return json.dumps({"ref": ref, "root": root}) + "\n"
+def _state_text(ref: str, root: str | None, then: Choice | None = None) -> str:
+    """A node's boot/nodes/<node>.json: its choice, and the one after it while a --once is pending."""
+    state: dict = {"ref": ref, "root": root}
+    if then is not None:
+        state["then"] = {"ref": then.ref, "root": then.root}
+    return json.dumps(state) + "\n"
 
 
 def _write(inv: Inventory, plan: _Plan, once: bool) -> None:
     base = inv.image.store
-    once_dir = base / _once_rel(plan.node)
+    once_dir = base / ONCE_DIR / plan.node.mac_hyphen
     # A pending one-time choice goes first, so the hook can never put it back over this change.
     shutil.rmtree(once_dir, ignore_errors=True)
     if once:

@@ -308,12 +308,13 @@ def open_testbed(inv: Inventory, name: str = "default", full: bool | None = None
     """The testbed called name, in full mode if asked (None: the mode the running one was started in)."""
     from testbed.full import FullTestbed
 
+    bed = Testbed(inv, name)
     if full is None:
         try:
-            full = (STATE_ROOT / f"run-{name}" / "mode").read_text().strip() == FullTestbed.mode
+            full = bed.path("mode").read_text().strip() == FullTestbed.mode
         except FileNotFoundError:
             full = False
-    return (FullTestbed if full else Testbed)(inv, name)
+    return FullTestbed(inv, name) if full else bed
 
 
 def running_pid(pidfile: Path) -> int | None:

@@ -23,7 +23,7 @@ import sys
 import time
 
 from image.store import Store, Version
-from onedotzero import ansible, power
+from onedotzero import ansible, paths, power
 from onedotzero.errors import CommandError, UserError
 from onedotzero.log import log
 from onedotzero.proc import run
@@ -132,7 +132,7 @@ class FullTestbed(Testbed):
         try:
             argv = self.ns_argv([sys.executable, "-m", "testbed.tap_exec", CONTROL_TAP, str(host_ns), "--", *qemu])
             proc = subprocess.run(argv, pass_fds=(host_ns,), capture_output=True, text=True,
-                                  cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                                  cwd=paths.REPO)
         finally:
             os.close(host_ns)
         if proc.returncode != 0:
