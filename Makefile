@@ -6,12 +6,14 @@ PY := $(VENV)/bin/python
 INVENTORY ?= $(if $(wildcard cluster.yml),cluster.yml,testbed/cluster.yml)
 PYTEST_ARGS ?=
 
-# Debian/Ubuntu packages the toolkit and its virtual cluster call.
+# Debian/Ubuntu packages the toolkit and its virtual cluster call. systemd-container (nspawn, for container
+# nodes) goes in without recommends: libnss-mymachines would edit the host's nsswitch.conf.
 APT_PACKAGES := python3-venv rsync openssh-client openssh-server gpg gpg-agent iproute2 \
 	debootstrap squashfs-tools zstd xorriso debian-archive-keyring \
 	dnsmasq-base nginx-light nfs-ganesha nfs-ganesha-vfs rpcbind \
 	pxelinux syslinux-common syslinux-efi ipxe \
-	qemu-system-x86 qemu-utils ovmf ipxe-qemu procps psmisc
+	qemu-system-x86 qemu-utils ovmf ipxe-qemu procps psmisc \
+	systemd-container iperf3
 
 .PHONY: help setup apt venv test test-unit test-integration lint image image-live control demo testbed-up testbed-down clean
 help:  ## List targets

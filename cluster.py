@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""onedotzero's command line: a thin layer over the library (onedotzero/, image/, netboot/, testbed/).
+"""onedotzero's command line: a thin layer over the library (onedotzero/, image/, netboot/, fabric/, testbed/).
 
-Every command reads the one inventory (--inventory, $ONEDOTZERO_INVENTORY, or ./cluster.yml).
+Every command reads the one inventory (--inventory, $ONEDOTZERO_INVENTORY, or ./cluster.yml) and is one
+call into the library; what is here is argument handling and printing.
 """
 
 from __future__ import annotations
@@ -19,9 +20,17 @@ use_project_venv()
 
 import click  # noqa: E402
 
+from fabric import check as fabric_check  # noqa: E402
+from image import golden, live  # noqa: E402
+from image.store import ImageRef, Store, diff_packages  # noqa: E402
+from netboot import preflight as netboot_preflight  # noqa: E402
+from netboot import render, selection  # noqa: E402
+from onedotzero import compute as compute_mod  # noqa: E402
+from onedotzero import discover, power  # noqa: E402
 from onedotzero import inventory as inv_mod  # noqa: E402
 from onedotzero.errors import UserError  # noqa: E402
 from onedotzero.log import setup_logging  # noqa: E402
+from testbed import open_testbed  # noqa: E402
 
 
 class State:
@@ -37,8 +46,24 @@ class State:
             self._inv = inv_mod.load(self.inventory_path)
         return self._inv
 
+    @property
+    def store(self) -> Store:
+        return Store(self.inv.image.store)
+
 
 pass_state = click.make_pass_decorator(State)
+
+
+def image_ref(allowed: tuple[str, ...]):
+    """A click callback parsing KIND[@VERSION] into an ImageRef (one clear line when it is not one)."""
+    def convert(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return ImageRef.parse(value, allowed)
+        except UserError as e:
+            raise click.BadParameter(e.line()) from None
+    return convert
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "ONEDOTZERO"})
@@ -58,6 +83,12 @@ def cli(ctx: click.Context, inventory: str | None, verbose: bool) -> None:
     """
     setup_logging(verbose)
     ctx.obj = State(inventory)
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 # --- config -----------------------------------------------------------------------------------------
@@ -100,125 +131,113 @@ def image() -> None:
 
 @image.command("build")
 @click.argument("kind", type=click.Choice(["golden", "live"]), default="golden")
-@click.option("--distro", help="Live only: the distro profile whose ISO to fetch (default: the inventory's).")
+@click.option("--distro", help="Live only: the distro profile whose ISO to use (default: the inventory's).")
 @click.option("--release-url", help="Live only: fetch from this mirror directory instead of the profile's.")
+@click.option("--iso", type=click.Path(dir_okay=False, path_type=Path),
+              help="Live only: an ISO you already have (verified against the signed sums before use).")
+@click.option("--sums", type=click.Path(dir_okay=False, path_type=Path),
+              help="Live only: SHA256SUMS as a file (with --sums-signature), instead of fetching it.")
+@click.option("--sums-signature", type=click.Path(dir_okay=False, path_type=Path),
+              help="Live only: SHA256SUMS.gpg as a file.")
 @pass_state
-def image_build(state: State, kind: str, distro: str | None, release_url: str | None) -> None:
-    """Build the inventory's image (a no-op naming the existing version if nothing changed).
+def image_build(state: State, kind: str, distro: str | None, release_url: str | None, iso: Path | None,
+                sums: Path | None, sums_signature: Path | None) -> None:
+    """Build the inventory's images (a no-op naming the existing versions if nothing changed).
 
     \b
-    golden: debootstrap, Ansible in the chroot, testinfra, squashfs (needs root)
-    live:   fetch the distro's server ISO, verify its signed checksums, extract kernel and initrd
+    golden: one image per distribution + role set the nodes need: debootstrap, Ansible in the
+            chroot, testinfra, squashfs (needs root)
+    live:   the distro's server ISO (fetched, or --iso), its signed checksums verified, kernel and
+            initrd extracted
 
     \b
     Example:
       sudo ./cluster.py image build golden
-      ./cluster.py image build live
+      ./cluster.py image build live --iso ~/Downloads/ubuntu-22.04.5-live-server-amd64.iso
     """
     if kind == "live":
-        import dataclasses
-
-        from image import live
-
-        cfg = live.LiveConfig.from_inventory(state.inv, distro)
-        if release_url:
-            cfg = dataclasses.replace(cfg, release_url=release_url.rstrip("/"))
+        cfg = live.LiveConfig.from_inventory(state.inv, distro, release_url, iso, sums, sums_signature)
         click.echo(live.build_live(cfg).ref)
         return
-    if distro or release_url:
-        raise click.UsageError("--distro and --release-url apply to live images")
-    from image import golden
-
-    version, _ = golden.build_golden(golden.GoldenConfig.from_inventory(state.inv))
-    click.echo(version.ref)
-
-
-def _store(state: State):
-    from image.store import Store
-
-    return Store(state.inv.image.store)
-
-
-def _parse_ref(ref: str) -> tuple[str, str | None]:
-    kind, _, name = ref.partition("@")
-    return kind, (name or None)
+    if distro or release_url or iso or sums or sums_signature:
+        raise click.UsageError("--distro, --release-url, --iso and --sums apply to live images")
+    for built in golden.build_images(state.inv):
+        click.echo(built.version.ref)
 
 
 @image.command("list")
 @pass_state
 def image_list(state: State) -> None:
-    """List image versions: size, age, and which nodes boot each.
+    """List image versions: what each is, for which hardware, size, age, and which nodes boot it.
 
     \b
     Example:
       ./cluster.py image list
     """
-    from netboot import selection
-
     users = selection.users_by_ref(state.inv)
     now = time.time()
-    rows = [("IMAGE", "SIZE", "AGE", "NODES")]
-    for v in _store(state).all_versions():
+    rows = [("IMAGE", "KIND", "PROFILES", "SIZE", "AGE", "NODES")]
+    for v in state.store.all_versions():
+        m = v.manifest
+        what = m.spec.label if m.spec else m.distro
         age_h = (now - v.path.stat().st_mtime) / 3600
-        rows.append((v.ref, f"{v.size() / 2**20:.0f} MiB", f"{age_h:.1f} h", ",".join(users.get(v.ref, [])) or "-"))
+        rows.append((str(v.ref), what, ",".join(m.profiles) or "-", f"{v.size() / 2**20:.0f} MiB", f"{age_h:.1f} h",
+                     ",".join(users.get(v.ref, [])) or "-"))
     _table(rows)
 
 
 @image.command("show")
-@click.argument("ref")
+@click.argument("ref", callback=image_ref(("golden", "live")))
 @pass_state
-def image_show(state: State, ref: str) -> None:
+def image_show(state: State, ref: ImageRef) -> None:
     """Print a version's manifest without its package list (KIND@VERSION, or KIND for the newest).
 
     \b
     Example:
       ./cluster.py image show golden
     """
-    m = _store(state).get(*_parse_ref(ref)).manifest()
-    m["packages"] = f"{len(m.get('packages', {}))} packages (see packages.txt)"
+    m = state.store.get(ref).manifest.to_dict()
+    m["packages"] = f"{len(m['packages'])} packages (see packages.txt)"
     click.echo(json.dumps(m, indent=2))
 
 
 @image.command("diff")
-@click.argument("a")
-@click.argument("b")
+@click.argument("a", callback=image_ref(("golden", "live")))
+@click.argument("b", callback=image_ref(("golden", "live")))
 @pass_state
-def image_diff(state: State, a: str, b: str) -> None:
+def image_diff(state: State, a: ImageRef, b: ImageRef) -> None:
     """Package changes between two versions (+ added, - removed, ~ changed).
 
     \b
     Example:
       ./cluster.py image diff golden@20261127T100000Z-1a2b3c4d golden
     """
-    from image.store import diff_packages
-
-    store = _store(state)
-    lines = diff_packages(store.get(*_parse_ref(a)).manifest(), store.get(*_parse_ref(b)).manifest())
+    lines = diff_packages(state.store.get(a).manifest, state.store.get(b).manifest)
     click.echo("\n".join(lines) if lines else "no package changes")
 
 
 @image.command("gc")
 @click.option("--keep", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Versions of each kind to keep (besides any a node points at).")
+              help="Versions of each image to keep (besides any a node points at).")
 @pass_state
 def image_gc(state: State, keep: int) -> None:
-    """Delete old versions; never one a node points at, never the newest.
+    """Delete old versions; never one a node points at, never the newest of an image.
 
     \b
     Example:
       ./cluster.py image gc --keep 2
     """
-    from netboot import selection
-
-    removed = _store(state).gc(keep, pinned=set(selection.users_by_ref(state.inv)))
+    removed = state.store.gc(keep, pinned=set(selection.users_by_ref(state.inv)))
     click.echo("\n".join(f"removed {v.ref}" for v in removed) or "nothing to remove")
 
 
 # --- boot / netboot ---------------------------------------------------------------------------------
 
 @cli.command("boot")
-@click.option("--image", "spec", metavar="live|golden[@VERSION]|local",
-              help="What the nodes boot next (newest version unless @VERSION is given).")
+@click.option("--image", "target", metavar="live|golden|install[@VERSION]|local",
+              callback=image_ref(("live", "golden", "install", "local")),
+              help="What the nodes boot next: each node's own golden image, the live image, a node's install "
+                   "to its pinned disk, or the local disk (newest version unless @VERSION is given).")
 @click.option("--root", type=click.Choice(["nfs", "http"]),
               help="Golden only: root over NFS or fetched into RAM over HTTP (default: inventory image.root).")
 @click.option("--once", is_flag=True,
@@ -226,19 +245,19 @@ def image_gc(state: State, keep: int) -> None:
 @click.option("--show", is_flag=True, help="List what each node will boot, and change nothing.")
 @click.argument("nodes", nargs=-1)
 @pass_state
-def boot(state: State, spec: str | None, root: str | None, once: bool, show: bool, nodes: tuple[str, ...]) -> None:
+def boot(state: State, target: ImageRef | None, root: str | None, once: bool, show: bool,
+         nodes: tuple[str, ...]) -> None:
     """Choose what NODES (default: all) boot next. Rewrites only their small boot files, atomically.
 
     \b
     Example:
-      ./cluster.py boot --image golden                 # every node: newest golden image
+      ./cluster.py boot --image golden                 # every node: the newest of its own golden image
       ./cluster.py boot --image golden@V --root http node1
       ./cluster.py boot --once --image live node0     # one boot into live, then back
+      ./cluster.py boot --image install node0         # autoinstall onto node0's pinned install_disk
       ./cluster.py boot --show
     """
-    from netboot import selection
-
-    if show == bool(spec):
+    if show == bool(target):
         raise click.UsageError("give either --image or --show")
     if show:
         if once:
@@ -248,7 +267,7 @@ def boot(state: State, spec: str | None, root: str | None, once: bool, show: boo
                  if not nodes or c.node in nodes]
         _table(rows)
         return
-    for node, ref in selection.point(state.inv, spec, nodes, root, once):
+    for node, ref in selection.point(state.inv, target, nodes, root, once):
         click.echo(f"{node.name}: {ref}{' (next boot only)' if once else ''}")
 
 
@@ -264,27 +283,44 @@ def netboot() -> None:
 
 @netboot.command("render")
 @click.option("--dry-run", is_flag=True, help="Show the unified diff against what is deployed; write nothing.")
-@click.option("--root", "root_dir", type=click.Path(file_okay=False), default="/", show_default=True,
+@click.option("--root", "root_dir", type=click.Path(file_okay=False, path_type=Path), default="/", show_default=True,
               help="Where the etc/ drop-ins go (the image store's files go into the store).")
 @click.option("--proxy-dhcp", is_flag=True, help="Another DHCP server owns the segment: answer PXE requests only.")
 @pass_state
-def netboot_render(state: State, dry_run: bool, root_dir: str, proxy_dhcp: bool) -> None:
-    """Write the service drop-ins, boot loaders and menus; print each file that changed.
+def netboot_render(state: State, dry_run: bool, root_dir: Path, proxy_dhcp: bool) -> None:
+    """Write the service drop-ins, boot loaders and menus; print each file that changed. A drop-in edited
+    since onedotzero wrote it is backed up first (under var/backups/onedotzero) and named.
 
     \b
     Example:
       sudo ./cluster.py netboot render
     """
-    from netboot import render
-
-    files = render.planned_files(state.inv, Path(root_dir), render.RenderOptions(proxy_dhcp=proxy_dhcp))
+    opts = render.RenderOptions(proxy_dhcp=proxy_dhcp)
     if dry_run:
-        diffs = "".join(render.diff(p, t) for p, t in files.items())
+        diffs = "".join(render.diff(p, t) for p, t in render.planned_files(state.inv, root_dir, opts).items())
         click.echo(diffs or "no changes\n", nl=False)
         return
-    changed = [str(p) for p, t in files.items() if render.write_atomic(p, t, render.file_mode(p))]
-    changed += render.install_loaders(state.inv.image.store / "tftp")
-    click.echo("\n".join(f"changed {c}" for c in changed) or "unchanged")
+    done = render.deploy(state.inv, root_dir, opts)
+    for path, backup in done.backups:
+        click.echo(f"kept your edits of {path} as {backup}")
+    click.echo("\n".join(f"changed {c}" for c in done.changed) or "unchanged")
+
+
+@netboot.command("preflight")
+@click.option("--no-dhcp-probe", is_flag=True, help="Skip the DHCPDISCOVER probe for other DHCP servers.")
+@pass_state
+def netboot_preflight_cmd(state: State, no_dhcp_probe: bool) -> None:
+    """Check the compute interface, its ports and the segment before serving; change nothing (root).
+
+    \b
+    Example:
+      sudo ./cluster.py netboot preflight
+    """
+    problems = netboot_preflight.preflight(state.inv, probe_dhcp=not no_dhcp_probe)
+    if problems:
+        raise UserError("preflight failed: " + "; ".join(problems))
+    click.echo(f"preflight OK: {state.inv.control.compute_interface} carries {state.inv.control.address}, "
+               "ports free" + ("" if no_dhcp_probe else ", no other DHCP server"))
 
 
 # --- compute ---------------------------------------------------------------------------------------
@@ -316,8 +352,6 @@ def compute_status(state: State, nodes: tuple[str, ...]) -> None:
     Example:
       ./cluster.py compute status
     """
-    from onedotzero import power
-
     statuses = power.status(state.inv, state.inv.select(nodes))
     _status_table(statuses)
     bad = [s.name for s in statuses if not s.ok]
@@ -336,8 +370,6 @@ def compute_up(state: State, timeout: float | None, nodes: tuple[str, ...]) -> N
     Example:
       sudo ./cluster.py compute up --timeout 600
     """
-    from onedotzero import power
-
     statuses, interrupted = power.wake(state.inv, state.inv.select(nodes), timeout)
     _status_table(statuses)
     if interrupted:
@@ -349,8 +381,6 @@ def compute_up(state: State, timeout: float | None, nodes: tuple[str, ...]) -> N
 
 
 def _power(state: State, nodes: tuple[str, ...], action: str) -> None:
-    from onedotzero import power
-
     results = power.power_action(state.inv, state.inv.select(nodes), action)
     for r in results:
         click.echo(f"{r.name}: {r.message}")
@@ -389,20 +419,13 @@ def compute_restart(state: State, nodes: tuple[str, ...]) -> None:
 @click.argument("nodes", nargs=-1)
 @pass_state
 def compute_configure(state: State, nodes: tuple[str, ...]) -> None:
-    """Run the compute-node playbook (base, Wake-on-LAN, hardware roles) once every node is OK.
+    """Run the compute-node playbook (each node's image roles) once every node is OK.
 
     \b
     Example:
       ./cluster.py compute configure
     """
-    from onedotzero import ansible, power
-
-    selected = state.inv.select(nodes)
-    bad = [s for s in power.status(state.inv, selected) if not s.ok]
-    if bad:
-        raise UserError("not configuring: not OK: " + ", ".join(f"{s.name} ({s.error})" for s in bad),
-                        "bring them up (`compute up`) or name only the nodes to configure")
-    for r in ansible.playbook(state.inv, "compute.yml", [n.name for n in selected]):
+    for r in compute_mod.configure(state.inv, state.inv.select(nodes)):
         click.echo(f"{r.host}: ok={r.ok} changed={r.changed}")
 
 
@@ -419,13 +442,60 @@ def compute_discover(state: State, leases: str) -> None:
     Example:
       ./cluster.py compute discover >> new-nodes.yml
     """
-    from onedotzero import discover
-
     found = discover.unknown_machines(state.inv, Path(leases))
     if not found:
         click.echo("# no unknown machines on " + state.inv.control.compute_interface)
     for i, m in enumerate(found):
         click.echo(discover.inventory_entry(state.inv, m, i))
+
+
+# --- fabric ----------------------------------------------------------------------------------------
+
+@cli.group()
+def fabric() -> None:
+    """The clustering links between nodes (USB4 host-to-host on the real cluster).
+
+    \b
+    Example:
+      ./cluster.py fabric status
+      ./cluster.py fabric test
+    """
+
+
+@fabric.command("status")
+@pass_state
+def fabric_status(state: State) -> None:
+    """Each link: its interface on both ends, up, MTU, addresses, peer reachable; and every node's fabric
+    address reachable from every other node (routed where not adjacent). Exit 0 only if all are.
+
+    \b
+    Example:
+      ./cluster.py fabric status
+    """
+    report = fabric_check.status(state.inv)
+    _table(report.link_rows())
+    click.echo()
+    _table(report.route_rows())
+    if report.problems:
+        raise UserError("fabric not OK: " + "; ".join(report.problems))
+
+
+@fabric.command("test")
+@click.option("--seconds", type=click.FloatRange(min=1, max=60), default=3, show_default=True,
+              help="iperf3 run per link and direction.")
+@pass_state
+def fabric_test(state: State, seconds: float) -> None:
+    """Throughput (iperf3, both directions) and round-trip latency (ping) of every link; exit 1 naming each
+    link that is down or slower than the inventory's fabric.min_gbits.
+
+    \b
+    Example:
+      ./cluster.py fabric test
+    """
+    report = fabric_check.test(state.inv, seconds)
+    _table(report.rows())
+    if report.problems:
+        raise UserError("fabric test failed: " + "; ".join(report.problems))
 
 
 # --- testbed ---------------------------------------------------------------------------------------
@@ -434,7 +504,7 @@ def compute_discover(state: State, leases: str) -> None:
 @click.option("--name", default="default", show_default=True, help="Testbed name (several can run side by side).")
 @click.pass_context
 def testbed(ctx: click.Context, name: str) -> None:
-    """The virtual cluster: control-node network in a namespace, QEMU nodes (needs root).
+    """The virtual cluster: control-node network in a namespace, QEMU and container nodes (needs root).
 
     \b
     Example:
@@ -445,26 +515,26 @@ def testbed(ctx: click.Context, name: str) -> None:
     ctx.meta["testbed_name"] = name
 
 
-def _bed(state: State, full: bool | None = None):
-    from testbed.bed import open_testbed
-
-    return open_testbed(state.inv, click.get_current_context().meta["testbed_name"], full)
+def _bed(state: State, full: bool | None = None, lan: str | None = "gbe"):
+    return open_testbed(state.inv, click.get_current_context().meta["testbed_name"], full, lan)
 
 
 @testbed.command("up")
 @click.option("--full", is_flag=True,
               help="Full mode: a control-node VM configured by playbooks/control.yml serves the nodes "
                    "(inventory: testbed/full.yml).")
+@click.option("--lan", type=click.Choice(["gbe", "usb4", "none"]), default="gbe", show_default=True,
+              help="Container nodes: the link kind their LAN ports are shaped to (none: unshaped).")
 @pass_state
-def testbed_up(state: State, full: bool) -> None:
-    """Start the namespace, the control node's servers and the WoL listener; nodes stay off.
+def testbed_up(state: State, full: bool, lan: str) -> None:
+    """Start the namespaces, cables, the control node's servers and the WoL listener; nodes stay off.
 
     \b
     Fast mode: dnsmasq, nginx and NFS run in the namespace, which plays the control node.
     Full mode: a VM boots the golden image and is configured by the control playbook; the
     namespace is a workstation on the segment (the subnet's last address).
     """
-    bed = _bed(state, full)
+    bed = _bed(state, full, None if lan == "none" else lan)
     bed.up()
     role = "a workstation on the segment" if full else "the control node"
     click.echo(f"testbed up: run commands as {role} with `ip netns exec {bed.ns} ...`")
@@ -473,7 +543,7 @@ def testbed_up(state: State, full: bool) -> None:
 @testbed.command("down")
 @pass_state
 def testbed_down(state: State) -> None:
-    """Stop every process the testbed started and delete its namespace."""
+    """Stop every process the testbed started and delete its namespaces."""
     _bed(state).down()
 
 
@@ -481,7 +551,7 @@ def testbed_down(state: State) -> None:
 @click.argument("nodes", nargs=-1)
 @pass_state
 def testbed_power_on(state: State, nodes: tuple[str, ...]) -> None:
-    """Press the power button of node VMs (default: all). Full mode has no toolkit on the control VM to
+    """Press the power button of nodes (default: all). Full mode has no toolkit on the control VM to
     send magic packets; in fast mode `compute up` does this with Wake-on-LAN."""
     bed = _bed(state)
     if not bed.exists():
@@ -493,33 +563,8 @@ def testbed_power_on(state: State, nodes: tuple[str, ...]) -> None:
 @testbed.command("status")
 @pass_state
 def testbed_status(state: State) -> None:
-    """Show the namespace, services and which node VMs are powered on."""
+    """Show the namespace, services and which nodes are powered on."""
     click.echo(json.dumps(_bed(state).status(), indent=2))
-
-
-@netboot.command("preflight")
-@click.option("--no-dhcp-probe", is_flag=True, help="Skip the DHCPDISCOVER probe for other DHCP servers.")
-@pass_state
-def netboot_preflight(state: State, no_dhcp_probe: bool) -> None:
-    """Check the compute interface, its ports and the segment before serving; change nothing (root).
-
-    \b
-    Example:
-      sudo ./cluster.py netboot preflight
-    """
-    from netboot.preflight import preflight
-
-    problems = preflight(state.inv, probe_dhcp=not no_dhcp_probe)
-    if problems:
-        raise UserError("preflight failed: " + "; ".join(problems))
-    click.echo(f"preflight OK: {state.inv.control.compute_interface} carries {state.inv.control.address}, "
-               "ports free" + ("" if no_dhcp_probe else ", no other DHCP server"))
-
-
-def _table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
-import json
 import statistics
 import sys
 import tempfile
@@ -22,8 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from image.store import Boot, ImageRef, Manifest  # noqa: E402
 from netboot import selection  # noqa: E402
-from onedotzero import inventory  # noqa: E402
+from onedotzero import inventory, roles  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,11 +41,12 @@ def make_inventory(tmp: Path, count: int) -> inventory.Inventory:
                    "ip": str(hosts[i + 1]), "hardware": "intel-arc"} for i in range(count)],
     }
     inv = inventory.parse(data, tmp / "cluster.yml")
+    spec = roles.image_spec(inv, inv.nodes[0])
     for name in ("20260101T000000Z-aaaaaaaa", "20260102T000000Z-bbbbbbbb"):
-        d = inv.image.store / "golden" / name / "live"
-        d.mkdir(parents=True)
-        (d.parent / "manifest.json").write_text(json.dumps({"kind": "golden", "version": name, "boot": {
-            "kernel": "vmlinuz", "initrd": "initrd.img", "squashfs": "live/filesystem.squashfs", "args": []}}))
+        d = inv.image.store / "golden" / name
+        (d / "live").mkdir(parents=True)
+        Manifest(kind="golden", version=name, distro=spec.distro, input_hash=name[-8:], roles=spec.roles,
+                 boot=Boot("vmlinuz", "initrd.img", squashfs="live/filesystem.squashfs")).write(d)
     return dataclasses.replace(inv)
 
 
@@ -67,7 +68,7 @@ def main() -> None:
         inv = make_inventory(tmp, args.nodes)
         ours, floor, one = [], [], []
         for r in range(args.repeat):
-            spec = "golden@20260101T000000Z-aaaaaaaa" if r % 2 else "golden@20260102T000000Z-bbbbbbbb"
+            spec = ImageRef.parse("golden@20260101T000000Z-aaaaaaaa" if r % 2 else "golden@20260102T000000Z-bbbbbbbb")
             start = time.perf_counter()
             selection.point(inv, spec, [])
             ours.append(time.perf_counter() - start)

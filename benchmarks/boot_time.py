@@ -5,7 +5,7 @@ Boots every testbed node per round (all at once, as a real cluster powers on), `
 mode, and prints the median and range per mode. The golden NFS boot is the baseline the others are
 compared with. Needs root and a built golden image (`make image INVENTORY=testbed/cluster.yml`).
 Live boots the newest live image in the testbed store; Ubuntu's ISO is out of reach here, so
---live-fixture first publishes the Debian fixture live ISO (testbed/live_fixture.py) through the
+--live-fixture first publishes the Debian fixture live ISO (tests/fixtures/live_fixture.py) through the
 real live pipeline: it boots the same way (the whole ISO fetched into RAM, cloud-init seed).
 
     sudo python benchmarks/boot_time.py [--rounds 3] [--live-fixture]
@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from image.store import Store  # noqa: E402
+from image.store import ImageRef, Store  # noqa: E402
 from netboot import selection  # noqa: E402
-from onedotzero import inventory, power  # noqa: E402
+from onedotzero import inventory, ssh  # noqa: E402
 from testbed.bed import Testbed  # noqa: E402
 
 INVENTORY = Path(__file__).resolve().parent.parent / "testbed" / "cluster.yml"
@@ -33,22 +33,22 @@ TIMEOUT = 900
 
 
 def ssh_ready(bed: Testbed, node) -> bool:
-    argv = bed.ns_argv(power.ssh_argv(bed.inv, node, "true", connect_timeout=3))  # admin logged in: ready
+    argv = bed.ns_argv(ssh.argv(bed.inv, node, "true", connect_timeout=3))  # admin logged in: ready
     return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
 
 
-def boot_round(bed: Testbed) -> list[float]:
+def boot_round(bed: Testbed, nodes) -> list[float]:
     start = time.monotonic()
-    for node in bed.inv.nodes:
+    for node in nodes:
         bed.power_on(node.name)
-    pending, times = list(bed.inv.nodes), []
+    pending, times = list(nodes), []
     while pending and time.monotonic() - start < TIMEOUT:
         for node in list(pending):
             if ssh_ready(bed, node):
                 times.append(time.monotonic() - start)
                 pending.remove(node)
         time.sleep(1)
-    for node in bed.inv.nodes:
+    for node in nodes:
         bed.power_off(node.name)
     if pending:
         raise SystemExit(f"not up after {TIMEOUT}s: {[n.name for n in pending]}\n{bed.diagnostics(15)}")
@@ -63,7 +63,7 @@ def main() -> None:
     inv = inventory.load(INVENTORY)
     store = Store(inv.image.store)
     if args.live_fixture:
-        from testbed.live_fixture import publish_fixture_live
+        from tests.fixtures.live_fixture import publish_fixture_live
 
         with tempfile.TemporaryDirectory(dir=inv.image.cache) as work:
             print(f"published {publish_fixture_live(inv, Path(work)).ref} (Debian fixture live ISO)", flush=True)
@@ -71,18 +71,19 @@ def main() -> None:
     if store.versions("live"):
         modes.append(("live", "live", None))
     bed = Testbed(inv, "bench")
+    qemu = [n for n in inv.nodes if n.profile.virtual == "qemu"]  # the boot chain: firmware, PXE, kernel
     bed.up()
     results = {}
     try:
         for title, kind, root in modes:
-            selection.point(inv, kind, [], root)
-            samples = [t for _ in range(args.rounds) for t in boot_round(bed)]
+            selection.point(inv, ImageRef(kind), [n.name for n in qemu], root)
+            samples = [t for _ in range(args.rounds) for t in boot_round(bed, qemu)]
             results[title] = samples
             print(f"{title}: {', '.join(f'{t:.0f}s' for t in samples)}", flush=True)
     finally:
         bed.down()
     base = statistics.median(results["golden over NFS"])
-    print(f"\n{len(inv.nodes)} nodes booting at once under TCG")
+    print(f"\n{len(qemu)} QEMU nodes booting at once under TCG")
     print(f"{'mode':30s} {'median':>8} {'min':>6} {'max':>6} {'vs NFS':>7}")
     for title, samples in results.items():
         med = statistics.median(samples)

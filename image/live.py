@@ -1,10 +1,11 @@
 """Live images: the distro's server ISO, fetched, verified, its kernel and initrd extracted, published.
 
 Execution flow (build_live):
-  1. fetch_sums      on host: SHA256SUMS and SHA256SUMS.gpg from the profile's release URL
+  1. fetch_sums      on host: SHA256SUMS and SHA256SUMS.gpg from the profile's release URL (or given files)
   2. verify_sums     on host: gpgv against the keyring; the signer must be the pinned fingerprint
   3. fetch_iso       on host: into the download cache, resuming (HTTP Range) and hashing as it goes;
-                     a cached ISO whose hash matches is not downloaded again
+                     a cached ISO whose hash matches is not downloaded again; an ISO the user already has
+                     (--iso) is hashed and must match the signed sum before it is used
   4. extract_boot    on host: casper/vmlinuz and casper/initrd (and the HWE pair) with xorriso, no loop mount
   5. publish         on host: live/<version>/ (ISO hard-linked from the cache, kernel, initrd, manifest),
                      one rename, like golden images
@@ -13,21 +14,22 @@ Nodes boot it into RAM: the initrd downloads the whole ISO (`url=`), cloud-init 
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 from tqdm import tqdm
 
-from image.store import MANIFEST, Store, Version
+from image.store import Boot, Manifest, Store, Version, utc_now, version_name
 from onedotzero import inventory as inv_mod
 from onedotzero import paths, profiles
 from onedotzero.errors import UserError
@@ -50,19 +52,29 @@ class LiveConfig:
     boot_args: tuple[str, ...]  # kernel command line; {iso_url} and {seed_url} are filled in per node
     store: Path
     downloads: Path
+    local_iso: Path | None = None  # an ISO the user already has: verified like a download, never fetched
+    local_sums: tuple[Path, Path] | None = None  # SHA256SUMS and its signature as files, instead of fetching
 
     @classmethod
-    def from_inventory(cls, inv: inv_mod.Inventory, distro: str | None = None) -> LiveConfig:
+    def from_inventory(cls, inv: inv_mod.Inventory, distro: str | None = None, release_url: str | None = None,
+                       iso: Path | None = None, sums: Path | None = None, signature: Path | None = None) -> LiveConfig:
+        """The profile's live ISO, with the command line's overrides (another mirror, files at hand)."""
         d = profiles.distro(distro or inv.image.distro)
         live = d.live
         if not live:
             raise UserError(f"distro profile {d.name!r} has no live ISO", "use an Ubuntu profile, e.g. ubuntu-22.04")
+        if (sums is None) != (signature is None):
+            raise UserError("--sums and --sums-signature go together", "give both files, or neither to fetch them")
+        for given in (iso, sums, signature):
+            if given is not None and not given.is_file():
+                raise UserError(f"{given} is not a file", "give the path of the downloaded file")
         keyring = Path(live["keyring"])
         files = {k: live[k] for k in ("kernel", "initrd", "hwe_kernel", "hwe_initrd") if live.get(k)}
-        return cls(d.name, live["release_url"].rstrip("/"), live["iso"],
+        return cls(d.name, (release_url or live["release_url"]).rstrip("/"), iso.name if iso else live["iso"],
                    keyring if keyring.is_absolute() else paths.REPO / keyring,
                    live["signing_fingerprint"].replace(" ", "").upper(), files, tuple(live["boot_args"]),
-                   inv.image.store, inv.image.cache / "downloads")
+                   inv.image.store, inv.image.cache / "downloads", iso,
+                   (sums, signature) if sums and signature else None)
 
 
 # --- downloading ------------------------------------------------------------------------------
@@ -102,6 +114,11 @@ def download(url: str, dest: Path, *, expected_sha256: str | None = None, timeou
             break
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
                 requests.exceptions.Timeout) as e:
+            unreachable = why_unreachable(e, url)
+            if unreachable:  # nothing was transferred and retrying will not change that: say what failed, once
+                raise UserError(f"download of {url} failed: {unreachable}",
+                                "check the network and the URL (the profile's release_url, or --release-url)"
+                                ) from None
             last_error = f"{type(e).__name__}: {e}"
             log.info("download of %s interrupted after %d bytes (attempt %d/%d), resuming",
                      dest.name, part.stat().st_size if part.exists() else 0, attempt, RETRIES)
@@ -116,6 +133,26 @@ def download(url: str, dest: Path, *, expected_sha256: str | None = None, timeou
                         "the download is corrupt or was tampered with; it was deleted, re-run to fetch it again")
     os.rename(part, dest)
     return digest
+
+
+def why_unreachable(error: BaseException, url: str) -> str | None:
+    """The reason a connection was never made (name resolution, refused, timed out), else None."""
+    host = urlsplit(url).netloc
+    seen, todo = set(), [error]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, socket.gaierror):
+            return f"cannot resolve {urlsplit(url).hostname} (DNS: {e.strerror or e})"
+        if isinstance(e, ConnectionRefusedError):
+            return f"connection refused by {host}"
+        if isinstance(e, requests.exceptions.ConnectTimeout):
+            return f"timed out connecting to {host}"
+        todo += [x for x in (*getattr(e, "args", ()), getattr(e, "reason", None), e.__cause__, e.__context__)
+                 if isinstance(x, BaseException)]
+    return None
 
 
 def verify_sums(sums: Path, signature: Path, keyring: Path, fingerprint: str) -> None:
@@ -147,24 +184,51 @@ def expected_hash(sums_text: str, name: str) -> str:
 
 # --- the steps ----------------------------------------------------------------------------------
 
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"hashing {path.name}",
+                                     leave=False, disable=None) as bar:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            bar.update(len(block))
+    return h.hexdigest()
+
+
 def fetch_verified_iso(cfg: LiveConfig) -> tuple[Path, str]:
     """Runs on the host. Out: the verified ISO in the download cache, and its SHA-256."""
     with tempfile.TemporaryDirectory(dir=cfg.downloads.parent if cfg.downloads.parent.exists() else None) as t:
         tmp = Path(t)
-        sums, sig = tmp / "SHA256SUMS", tmp / "SHA256SUMS.gpg"
-        with step("live: fetching SHA256SUMS"):
-            download(f"{cfg.release_url}/SHA256SUMS", sums)
-            download(f"{cfg.release_url}/SHA256SUMS.gpg", sig)
+        if cfg.local_sums:
+            sums, sig = cfg.local_sums
+        else:
+            sums, sig = tmp / "SHA256SUMS", tmp / "SHA256SUMS.gpg"
+            with step("live: fetching SHA256SUMS"):
+                download(f"{cfg.release_url}/SHA256SUMS", sums)
+                download(f"{cfg.release_url}/SHA256SUMS.gpg", sig)
         verify_sums(sums, sig, cfg.keyring, cfg.fingerprint)
-        want = expected_hash(sums.read_text(), cfg.iso)
+        want = expected_hash(sums.read_text(errors="replace"), cfg.iso)
     iso = cfg.downloads / cfg.iso
     stamp = iso.with_name(iso.name + ".sha256")
     if iso.is_file() and stamp.is_file() and stamp.read_text().strip() == want:
-        log.info("live: %s cached and verified, not downloading", cfg.iso)
+        log.info("live: %s cached and verified, not %s", cfg.iso, "copying it" if cfg.local_iso else "downloading")
         return iso, want
     iso.unlink(missing_ok=True)
-    with step(f"live: downloading {cfg.iso}"):
-        got = download(f"{cfg.release_url}/{cfg.iso}", iso, expected_sha256=want)
+    if cfg.local_iso:
+        with step(f"live: verifying {cfg.local_iso}"):
+            got = sha256_file(cfg.local_iso)
+            if got != want:
+                raise UserError(f"{cfg.local_iso}: SHA-256 {got} does not match SHA256SUMS ({want})",
+                                "the file is corrupt or not the release the signed sums list: download it again")
+            cfg.downloads.mkdir(parents=True, exist_ok=True)
+            part = iso.with_name(iso.name + ".part")
+            try:
+                os.link(cfg.local_iso, part)  # same filesystem: no second copy of a 2 GB file
+            except OSError:
+                shutil.copyfile(cfg.local_iso, part)
+            os.rename(part, iso)
+    else:
+        with step(f"live: downloading {cfg.iso}"):
+            got = download(f"{cfg.release_url}/{cfg.iso}", iso, expected_sha256=want)
     stamp.write_text(got + "\n")
     return iso, got
 
@@ -205,18 +269,16 @@ def build_live(cfg: LiveConfig) -> Version:
         except OSError:
             shutil.copyfile(iso, out / cfg.iso)
         hwe = "hwe_kernel" in found and "hwe_initrd" in found
-        version = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{input_hash[:8]}"
-        manifest = {
-            "kind": KIND, "version": version, "distro": cfg.distro, "input_hash": input_hash,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "iso": cfg.iso, "iso_sha256": sha, "source": f"{cfg.release_url}/{cfg.iso}",
-            "boot": {"kernel": found["hwe_kernel" if hwe else "kernel"],
-                     "initrd": found["hwe_initrd" if hwe else "initrd"],
-                     "iso": cfg.iso, "args": list(cfg.boot_args)},
-            "files": sorted(found.values()),
-            "sizes": {p.name: p.stat().st_size for p in out.iterdir()},
-        }
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        version = version_name(input_hash)
+        Manifest(
+            kind=KIND, version=version, distro=cfg.distro, input_hash=input_hash,
+            boot=Boot(found["hwe_kernel" if hwe else "kernel"], found["hwe_initrd" if hwe else "initrd"],
+                      cfg.boot_args, iso=cfg.iso),
+            created=utc_now(), sizes={p.name: p.stat().st_size for p in out.iterdir()},
+            iso=cfg.iso, iso_sha256=sha,
+            source=str(cfg.local_iso) if cfg.local_iso else f"{cfg.release_url}/{cfg.iso}",
+            files=tuple(sorted(found.values())),
+        ).write(out)
         published = store.publish(KIND, version, out)
     log.info("published %s", published.ref)
     return published

@@ -1,15 +1,21 @@
 """Renders the control node's service configs and the boot menus from the inventory and the image store.
 
 Whole-file Jinja templates under netboot/templates mirror their target paths:
-  etc/...   service drop-ins, deployed under a root directory (/ on the control node)
-  boot/...  iPXE scripts, written into the image store (served by nginx)
-  tftp/...  pxelinux files, written into the store's TFTP root
+  etc/..., usr/...  service drop-ins, deployed under a root directory (/ on the control node)
+  boot/...          iPXE scripts, written into the image store (served by nginx)
+  tftp/...          pxelinux files, written into the store's TFTP root
+Service drop-ins end with a checksum line: a deploy that finds a file whose content no longer matches it
+(an operator's edit) keeps a backup under /var/backups/onedotzero and says so before replacing it.
+`deploy` is the one render-and-write sequence; `cluster.py netboot render`, the virtual cluster and the
+control playbook (through the onedotzero_files lookup, which returns the same files) all use it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
+import hashlib
 import os
 import shutil
 import stat
@@ -21,9 +27,10 @@ import jinja2
 
 from image import seed as seed_mod
 from image.store import Store, Version
-from onedotzero import paths, profiles
+from onedotzero import paths, roles
 from onedotzero.errors import UserError
 from onedotzero.inventory import Inventory, Node
+from onedotzero.log import log
 
 SERVICE_FILES = {
     "dnsmasq": "etc/dnsmasq.d/onedotzero.conf",
@@ -43,6 +50,8 @@ LOADERS = {
     "snponly.efi": "/usr/lib/ipxe/snponly.efi",
     "ipxe.efi": "/usr/lib/ipxe/ipxe.efi",
 }
+CHECKSUM_MARK = "# onedotzero-sha256: "  # the last line of every service drop-in
+BACKUP_DIR = "var/backups/onedotzero"  # under the deploy root
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(paths.TEMPLATES_DIR),
@@ -83,11 +92,11 @@ def render(template: str, **context) -> str:
 def image_entry(inv: Inventory, version: Version, root: str | None = None, node: Node | None = None,
                 install: bool = False) -> Entry:
     """The boot entry for an image version; root is "nfs" or "http" for golden images; install (live only)
-    is the opt-in autoinstall entry."""
-    m = version.manifest()
+    is the node's autoinstall entry; node adds its hardware's kernel arguments (and its own live seed)."""
+    m = version.manifest
     ctl = inv.control.address
     base = f"http://{ctl}/{version.kind}/{version.name}"
-    args = list(m.get("boot", {}).get("args", []))
+    args = list(m.boot.args)
     if version.kind == "golden":
         root = root or inv.image.root
         if root == "nfs":
@@ -96,33 +105,55 @@ def image_entry(inv: Inventory, version: Version, root: str | None = None, node:
             args = ["boot=live", "netboot=nfs", f"nfsroot={ctl}:{inv.image.store}",
                     f"live-media-path=/{rel}/live", *args]
         else:
-            args = ["boot=live", f"fetch={base}/{m['boot']['squashfs']}", *args]
-        title = f"golden {version.name} ({m.get('distro', '?')}, root over {root})"
+            args = ["boot=live", f"fetch={base}/{m.boot.squashfs}", *args]
+        spec = m.spec
+        title = f"golden {version.name} ({spec.label if spec else m.distro}, root over {root})"
+        label = f"golden-{root}"
     else:
         seed = f"http://{ctl}/seed/{node.name if node else seed_mod.DEFAULT}/{'install/' if install else ''}"
         # The profile's command line (casper or live-boot): the ISO into RAM, the node's NoCloud seed.
-        args = [a.format(iso_url=f"{base}/{m['boot']['iso']}", seed_url=seed) for a in args]
+        args = [a.format(iso_url=f"{base}/{m.boot.iso}", seed_url=seed) for a in args]
         args += ["autoinstall"] if install else []
-        title = (f"Install {m.get('distro', '?')} to the local disk (autoinstall, erases it)" if install
-                 else f"live {version.name} ({m.get('distro', '?')}, into RAM)")
+        disk = f" onto {node.install_disk}" if install and node and node.install_disk else ""
+        title = (f"Install {m.distro}{disk} (autoinstall, erases that disk)" if install
+                 else f"live {version.name} ({m.distro}, into RAM)")
+        label = "install" if install else version.kind
     if node is not None:
-        args += profiles.hardware(node.hardware).kernel_args
-    label = f"{version.kind}-{root}" if version.kind == "golden" else ("install" if install else version.kind)
-    return Entry(label, title, f"{base}/{m['boot']['kernel']}", f"{base}/{m['boot']['initrd']}", " ".join(args))
+        args += node.profile.kernel_args
+    return Entry(label, title, f"{base}/{m.boot.kernel}", f"{base}/{m.boot.initrd}", " ".join(args))
 
 
 def menu_entries(inv: Inventory, store: Store) -> tuple[list[Entry], str]:
-    """Menu for machines without a choice: newest live (the default), newest golden, install, local disk."""
-    live, golden = store.versions("live"), store.versions("golden")
-    entries = [image_entry(inv, versions[-1]) for versions in (live, golden) if versions]
+    """Menu for machines without a choice: the newest live image (the default), the newest golden image
+    of each kind the inventory's nodes boot, the local disk. No install entry: an unknown machine has no
+    pinned install disk (`boot --image install NODE` gives a known node its own)."""
+    entries = []
+    live = store.versions("live")
     if live:
-        entries.append(image_entry(inv, live[-1], install=True))
+        entries.append(image_entry(inv, live[-1]))
+    for spec in roles.images(inv):
+        version = store.newest_for(spec)
+        if version is not None:
+            entries.append(dataclasses.replace(image_entry(inv, version), label=f"golden-{spec.key[:6]}"))
     entries.append(LOCAL)
     return entries, entries[0].label
 
 
+def seal(text: str) -> str:
+    """A service drop-in with its checksum line, so a later deploy can tell an operator's edit."""
+    return f"{text}{CHECKSUM_MARK}{hashlib.sha256(text.encode()).hexdigest()}\n"
+
+
+def edited(text: str) -> bool:
+    """True if a deployed drop-in is not what the toolkit wrote (its checksum line is missing or wrong)."""
+    body, _, last = text.rstrip("\n").rpartition("\n")
+    if not last.startswith(CHECKSUM_MARK):
+        return True
+    return hashlib.sha256(f"{body}\n".encode()).hexdigest() != last.removeprefix(CHECKSUM_MARK).strip()
+
+
 def service_files(inv: Inventory, opts: RenderOptions = RenderOptions()) -> dict[str, str]:
-    """The control node's service drop-ins, keyed by path relative to the deploy root."""
+    """The control node's service drop-ins (sealed), keyed by path relative to the deploy root."""
     ctx = {
         "inventory_path": inv.path,
         "cluster": inv.cluster,
@@ -134,7 +165,7 @@ def service_files(inv: Inventory, opts: RenderOptions = RenderOptions()) -> dict
         "nginx_log_dir": opts.nginx_log_dir,
         "tftp_hook": os.path.join(opts.deploy_root, SERVICE_FILES["tftp-hook"]),
     }
-    return {rel: render(f"{rel}.j2", **ctx) for rel in SERVICE_FILES.values()}
+    return {rel: seal(render(f"{rel}.j2", **ctx)) for rel in SERVICE_FILES.values()}
 
 
 def boot_files(inv: Inventory, store: Store) -> dict[str, str]:
@@ -195,11 +226,62 @@ def file_mode(path: str | Path) -> int:
 
 
 def planned_files(inv: Inventory, root: Path, opts: RenderOptions = RenderOptions()) -> dict[Path, str]:
-    store = Store(inv.image.store)
+    """Every file a deploy writes: the drop-ins under root, the menus and seeds in the store."""
     opts = dataclasses.replace(opts, deploy_root=str(root))
     files = {root / rel: text for rel, text in service_files(inv, opts).items()}
-    files.update({inv.image.store / rel: text for rel, text in boot_files(inv, store).items()})
+    files.update({inv.image.store / rel: text for rel, text in boot_files(inv, Store(inv.image.store)).items()})
     return files
+
+
+@dataclass(frozen=True)
+class Deployed:
+    changed: list[str]  # every path written (or whose mode changed)
+    backups: list[tuple[str, str]]  # (drop-in, backup): operator edits kept before they were replaced
+
+
+def backup_path(root: Path, rel: str, now: dt.datetime | None = None) -> Path:
+    stamp = f"{(now or dt.datetime.now(dt.timezone.utc)):%Y%m%dT%H%M%SZ}"
+    return root / BACKUP_DIR / f"{rel}.{stamp}"
+
+
+def deploy(inv: Inventory, root: Path, opts: RenderOptions = RenderOptions()) -> Deployed:
+    """Render and write everything the control node serves: drop-ins under root (an edited one is backed up
+    first), menus and seeds into the store, boot loaders into its TFTP root."""
+    changed, backups = [], []
+    opts = dataclasses.replace(opts, deploy_root=str(root))
+    for rel, text in service_files(inv, opts).items():
+        path = root / rel
+        try:
+            current = path.read_text()
+        except (FileNotFoundError, UnicodeDecodeError):
+            current = None
+        if current is not None and current != text and edited(current):
+            saved = backup_path(root, rel)
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, saved)
+            backups.append((str(path), str(saved)))
+            log.warning("%s was edited since onedotzero wrote it: your version is kept as %s", path, saved)
+        if write_atomic(path, text, file_mode(rel)):
+            changed.append(str(path))
+    for rel, text in boot_files(inv, Store(inv.image.store)).items():
+        if write_atomic(inv.image.store / rel, text):
+            changed.append(str(inv.image.store / rel))
+    changed += install_loaders(inv.image.store / "tftp")
+    return Deployed(changed, backups)
+
+
+def ansible_files(inv: Inventory, term: str, opts: RenderOptions = RenderOptions()) -> list[dict]:
+    """What the control playbook writes (the onedotzero_files lookup): the same files `deploy` writes."""
+    if term == "services":
+        service_of = {v: k for k, v in SERVICE_FILES.items()}
+        return [{"path": f"/{rel}", "content": text, "service": service_of[rel], "mode": f"{file_mode(rel):04o}",
+                 "backup": f"/{BACKUP_DIR}/{rel}"} for rel, text in service_files(inv, opts).items()]
+    if term == "menus":
+        return [{"path": str(inv.image.store / rel), "content": text, "service": "menus"}
+                for rel, text in boot_files(inv, Store(inv.image.store)).items()]
+    if term == "loaders":
+        return [{"name": name, "src": src} for name, src in LOADERS.items()]
+    raise UserError(f"onedotzero_files: unknown term {term!r}", "services, menus or loaders")
 
 
 def install_loaders(tftp_root: Path) -> list[str]:

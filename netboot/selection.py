@@ -3,7 +3,8 @@
 State: <store>/boot/nodes/<node>.json ({"ref": "golden@V", "root": "nfs"}, and "then" while a
 one-time choice is pending), plus the two small files the node's loader fetches (boot/<mac>.ipxe,
 tftp/pxelinux.cfg/01-<mac>). Pointing a node elsewhere rewrites only its own files, each atomically,
-with no service restart.
+with no service restart. Every node's entry is computed for that node: its own golden image (images
+are per distribution and roles), its own live seed, its hardware's kernel arguments.
 """
 
 from __future__ import annotations
@@ -15,40 +16,65 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from image.store import Store, Version
+from image.store import ImageRef, Store, Version
 from netboot import render
+from onedotzero import roles
 from onedotzero.errors import UserError
 from onedotzero.inventory import Inventory, Node
 
 STATE_DIR = "boot/nodes"
 ONCE_DIR = "boot/once"  # per MAC: what dnsmasq's TFTP hook restores after a one-time boot
+MENU = ImageRef("menu")
+LOCAL = ImageRef("local")
 
 
 @dataclass(frozen=True)
 class Choice:
     node: str
-    ref: str  # "golden@V", "live@V", "local", or "menu" (never pointed anywhere)
+    ref: ImageRef  # golden@V, live@V, install@V, local, or menu (never pointed anywhere)
     root: str | None
     then: Choice | None = None  # set while a one-time choice (`--once`) is pending: what comes after it
 
     def describe(self) -> str:
-        return f"{self.ref} once, then {self.then.ref}" if self.then else self.ref
+        return f"{self.ref} once, then {self.then.ref}" if self.then else str(self.ref)
 
 
-def parse_image(spec: str) -> tuple[str, str | None]:
-    kind, _, version = spec.partition("@")
-    if kind not in ("live", "golden", "local"):
-        raise UserError(f"--image {spec!r}: unknown image", "use live, golden, golden@VERSION or local")
-    if kind == "local" and version:
-        raise UserError(f"--image {spec!r}: local has no versions", "use --image local")
-    return kind, (version or None)
+def resolve(inv: Inventory, store: Store, node: Node, target: ImageRef) -> Version | None:
+    """The version node would boot for target (None for the local disk); refuses what node cannot boot."""
+    if target.kind == "local":
+        return None
+    if target.kind == "menu":
+        raise UserError("the menu is not a boot choice", "use --image live, golden, install or local")
+    if target.kind == "install" and node.install_disk is None:
+        raise UserError(f"{node.name} has no install_disk in {inv.path}",
+                        "pin the disk the install may erase (install_disk: /dev/disk/by-id/...) first")
+    if target.kind != "golden":
+        return store.get(target)
+    spec = roles.image_spec(inv, node)
+    if target.version is None:
+        version = store.newest_for(spec)
+        if version is None:
+            raise UserError(f"no golden image for {node.name} ({spec.label}, hardware {node.hardware}) in "
+                            f"{inv.image.store}", f"build it: ./cluster.py -i {inv.path} image build golden")
+        return version
+    version = store.get(target)
+    built = version.manifest.spec
+    if built != spec:
+        raise UserError(f"{version.ref} is the {built.label if built else 'unlabelled'} image; {node.name} "
+                        f"(hardware {node.hardware}) boots {spec.label}",
+                        "point it at its own image (`--image golden`) or build one: ./cluster.py image build golden")
+    return version
 
 
-def entry_for(inv: Inventory, store: Store, node: Node, ref: str, root: str | None) -> render.Entry:
-    if ref == "local":
+def entry_for(inv: Inventory, node: Node, ref: ImageRef, version: Version | None, root: str | None) -> render.Entry:
+    if version is None:
         return render.LOCAL
-    kind, _, name = ref.partition("@")
-    return render.image_entry(inv, store.get(kind, name), root, node)
+    return render.image_entry(inv, version, root, node, install=ref.kind == "install")
+
+
+def _pointed(target: ImageRef, version: Version | None) -> ImageRef:
+    """What the state file records: the versioned ref (install stays install)."""
+    return LOCAL if version is None else ImageRef(target.kind, version.name)
 
 
 @dataclass(frozen=True)
@@ -56,13 +82,14 @@ class _Plan:
     """Everything one node's change writes, resolved before anything is written."""
 
     node: Node
+    ref: ImageRef
     files: dict[str, str]  # store-relative path -> text
     restore: dict[str, str]  # --once: what the TFTP hook puts back after the one boot
     remove: list[str]  # --once: what the hook deletes then (files the previous choice did not have)
 
 
-def point(inv: Inventory, spec: str, node_names: list[str] | tuple[str, ...],
-          root: str | None = None, once: bool = False) -> list[tuple[Node, str]]:
+def point(inv: Inventory, target: ImageRef, node_names: list[str] | tuple[str, ...],
+          root: str | None = None, once: bool = False) -> list[tuple[Node, ImageRef]]:
     """Point the named nodes (all when none) at an image, for good or for the next boot only (once).
 
     Everything is resolved before anything is written. A one-time choice is handed to the node by a
@@ -70,45 +97,42 @@ def point(inv: Inventory, spec: str, node_names: list[str] | tuple[str, ...],
     the previous choice's files, prepared here, back into place."""
     store = Store(inv.image.store)
     nodes = inv.select(node_names)
-    kind, name = parse_image(spec)
-    if root is not None and kind != "golden":
-        raise UserError(f"--root applies to golden images, not {kind}", "drop --root")
-    version: Version | None = None if kind == "local" else store.get(kind, name)
-    ref = version.ref if version else "local"
+    if root is not None and target.kind != "golden":
+        raise UserError(f"--root applies to golden images, not {target.kind}", "drop --root")
     current = {c.node: c for c in choices(inv)}
     plans = []
-    entries: dict[str, render.Entry] = {}  # one per hardware profile: nodes alike boot alike
     for node in nodes:
-        if node.hardware not in entries:
-            entries[node.hardware] = entry_for(inv, store, node, ref, root)
-        files = render.node_files(inv, node, entries[node.hardware])
+        version = resolve(inv, store, node, target)
+        ref = _pointed(target, version)
+        entry = entry_for(inv, node, ref, version, root)
+        files = render.node_files(inv, node, entry)
         state_rel, once_script = f"{STATE_DIR}/{node.name}.json", f"tftp/once/{node.mac_hyphen}.ipxe"
         restore: dict[str, str] = {}
         remove = [once_script]
         then = None
         if once:
             then = current[node.name].then or current[node.name]  # a pending --once is replaced, not stacked
-            if then.ref == "menu":
+            if then.ref == MENU:
                 remove += [*files, state_rel]
             else:
-                restore = render.node_files(inv, node, entry_for(inv, store, node, then.ref, then.root))
+                before = None if then.ref == LOCAL else store.get(then.ref)  # it was resolved when chosen
+                restore = render.node_files(inv, node, entry_for(inv, node, then.ref, before, then.root))
                 restore[state_rel] = _state_text(then.ref, then.root)
             ipxe = f"boot/{node.mac_hyphen}.ipxe"
             files[once_script] = files[ipxe]
-            files[ipxe] = render.render("boot/once.ipxe.j2", control=inv.control, node=node,
-                                        e=entries[node.hardware])
+            files[ipxe] = render.render("boot/once.ipxe.j2", control=inv.control, node=node, e=entry)
         files[state_rel] = _state_text(ref, root, then)
-        plans.append(_Plan(node, files, restore, remove))
+        plans.append(_Plan(node, ref, files, restore, remove))
     for plan in plans:
         _write(inv, plan, once)
-    return [(plan.node, ref) for plan in plans]
+    return [(plan.node, plan.ref) for plan in plans]
 
 
-def _state_text(ref: str, root: str | None, then: Choice | None = None) -> str:
+def _state_text(ref: ImageRef, root: str | None, then: Choice | None = None) -> str:
     """A node's boot/nodes/<node>.json: its choice, and the one after it while a --once is pending."""
-    state: dict = {"ref": ref, "root": root}
+    state: dict = {"ref": str(ref), "root": root}
     if then is not None:
-        state["then"] = {"ref": then.ref, "root": then.root}
+        state["then"] = {"ref": str(then.ref), "root": then.root}
     return json.dumps(state) + "\n"
 
 
@@ -143,20 +167,23 @@ def choices(inv: Inventory) -> list[Choice]:
         try:
             data = json.loads(path.read_text())
             then = data.get("then")
-            out.append(Choice(node.name, data["ref"], data.get("root"),
-                              Choice(node.name, then["ref"], then.get("root")) if then else None))
+            out.append(Choice(node.name, ImageRef.parse(data["ref"]), data.get("root"),
+                              Choice(node.name, ImageRef.parse(then["ref"]), then.get("root")) if then else None))
         except FileNotFoundError:
-            out.append(Choice(node.name, "menu", None))
-        except (ValueError, KeyError, TypeError) as e:
+            out.append(Choice(node.name, MENU, None))
+        except (ValueError, KeyError, TypeError, UserError) as e:
             hint = f"re-point the node: cluster.py boot --image ... {node.name}"
             raise UserError(f"{path}: corrupt boot state ({e})", hint) from e
     return out
 
 
-def users_by_ref(inv: Inventory) -> dict[str, list[str]]:
-    """Image refs that nodes point at, now or after a one-time boot, with the nodes: never garbage-collected."""
-    users: dict[str, list[str]] = {}
+def users_by_ref(inv: Inventory) -> dict[ImageRef, list[str]]:
+    """Image refs that nodes point at, now or after a one-time boot, with the nodes: never garbage-collected.
+    An install choice pins its live version."""
+    users: dict[ImageRef, list[str]] = {}
     for c in choices(inv):
-        for ref in {c.ref, *([c.then.ref] if c.then else [])}:
+        for ref in dict.fromkeys([c.ref, *([c.then.ref] if c.then else [])]):
             users.setdefault(ref, []).append(c.node)
+            if ref.kind == "install":
+                users.setdefault(ImageRef("live", ref.version), []).append(c.node)
     return users

@@ -1,4 +1,4 @@
-"""Running the project's playbooks against the inventory's hosts (on the control node)."""
+"""Ansible and the inventory: the dynamic inventory's data, and running the project's playbooks."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from onedotzero import paths
-from onedotzero.inventory import Inventory
+from onedotzero import paths, roles
+from onedotzero.inventory import Inventory, to_dict
 from onedotzero.proc import run_progress
 
 RECAP = re.compile(r"(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
@@ -22,6 +22,26 @@ class HostRecap:
     changed: int
     unreachable: int
     failed: int
+
+
+def to_ansible(inv: Inventory) -> dict:
+    """The dynamic inventory (`--list` format): hosts, and each compute node's role variables from
+    onedotzero.roles.role_vars for its image, exactly what the image build gave its chroot."""
+    local = inv.control.ansible_host in ("localhost", "127.0.0.1")
+    hostvars = {inv.control.name: {"ansible_host": inv.control.ansible_host,
+                                   **({"ansible_connection": "local"} if local else {}),
+                                   **({"ansible_user": inv.control.ansible_user} if inv.control.ansible_user else {})}}
+    for spec, nodes in roles.images(inv).items():
+        variables = roles.role_vars(inv, spec, nodes)
+        for n in nodes:
+            hostvars[n.name] = {"ansible_host": str(n.ip), "ansible_user": inv.admin.user, "odz_node_mac": n.mac,
+                                "odz_node_hardware": n.hardware, **variables}
+    return {
+        "_meta": {"hostvars": hostvars},
+        "all": {"children": ["control", "compute"], "vars": {"odz": to_dict(inv)}},
+        "control": {"hosts": [inv.control.name]},
+        "compute": {"hosts": inv.node_names},
+    }
 
 
 def playbook(inv: Inventory, name: str, limit: list[str] | None = None, extra_vars: dict | None = None,

@@ -1,11 +1,13 @@
 """The inventory: every cluster fact in one YAML file, parsed once into frozen, validated objects.
 
-Errors name the field, the value and the fix. Ansible reads the same facts through `to_ansible()`
-(see playbooks/inventory.py), so there is never a second hand-kept copy.
+`load` reads the files (the inventory, strictly: UTF-8, no duplicate keys, YAML's implicit typing made
+visible; the admin's public key); `parse` is pure and validates one section at a time. Errors name the
+field, the value and the fix. Validation is linear in the number of nodes and links.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -15,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from onedotzero import paths, profiles
+from onedotzero import paths, profiles, yamlfile
 from onedotzero.errors import UserError
+from onedotzero.schema import Fields
 
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -24,7 +27,15 @@ IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # Linux IFNAMSIZ is 16 includ
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 CRYPT_RE = re.compile(r"^\$(1|5|6|y|2[aby])\$[^\s:]+$")
 PUBKEY_RE = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+( .*)?$")
+KEY_TEXT_RE = re.compile(r"^\s*(ssh-|ecdsa-|sk-)\S*\s+[A-Za-z0-9+/=]{16,}")
+# Paths that nginx, NFS exports, ganesha and dnsmasq configs all carry as written, unquoted.
+SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._+/-]*$")
 ROOT_MODES = ("nfs", "http")
+# Names the toolkit uses for its own files beside the nodes' (seed/default/ is for unknown machines).
+RESERVED_NODE_NAMES = frozenset({"default", "menu", "local", "live", "golden", "install", "localhost"})
+FABRIC_SUFFIX = "-fabric"  # every node resolves <node>-fabric to that node's fabric address
+MTU_RANGE = (1280, 65522)  # thunderbolt-net allows up to 65522; 65520 is what both ends usually use
+DEFAULT_MTU = 65520
 
 
 @dataclass(frozen=True)
@@ -44,24 +55,45 @@ class Control:
 
 
 @dataclass(frozen=True)
+class InstallDisk:
+    """The disk an autoinstall may erase, pinned as subiquity matches disks (udev ID_SERIAL or ID_PATH)."""
+
+    given: str  # as the inventory says it
+    key: str  # subiquity's match key: "serial" or "id_path"
+    value: str
+
+    def match(self) -> dict:
+        """subiquity's storage layout `match:` for this disk."""
+        return {self.key: self.value}
+
+    def __str__(self) -> str:
+        return self.given
+
+
+@dataclass(frozen=True)
 class Node:
     name: str
     mac: str  # lower case, colon separated
     ip: ipaddress.IPv4Address
     hardware: str
-    models_disk: str  # the local SSD that holds /models
+    models_disk: str = ""  # the local SSD that holds /models
+    install_disk: InstallDisk | None = None  # required for the install-to-disk entry
 
     @property
     def mac_hyphen(self) -> str:
         """The form pxelinux and iPXE (${mac:hexhyp}) use in file names."""
         return self.mac.replace(":", "-")
 
+    @property
+    def profile(self) -> profiles.HardwareProfile:
+        return profiles.hardware(self.hardware)
+
 
 @dataclass(frozen=True)
 class Admin:
     user: str
     ssh_public_key_path: Path
-    ssh_public_key: str  # the key text, read once at load
+    ssh_public_key: str  # the key text, read by `load` (parse leaves it empty)
     password_hash: str  # crypt(3) hash, never a plain password
 
 
@@ -69,9 +101,51 @@ class Admin:
 class ImageSettings:
     store: Path  # versioned images, boot files and per-node selections live here
     cache: Path  # download and build caches (outside any clone)
-    distro: str
+    distro: str  # the default distribution; a hardware profile may name its own
     root: str  # how golden images are served: "nfs" (default) or "http" (fetched into RAM)
     models_label: str  # filesystem label of the local disk mounted at /models
+
+
+@dataclass(frozen=True)
+class LinkEnd:
+    node: str
+    address: ipaddress.IPv4Address  # this end's address on the link's /31
+    port: str = ""  # the port's [Match] value (profile fabric.port_key), when the node has several links
+
+
+@dataclass(frozen=True)
+class Link:
+    ends: tuple[LinkEnd, LinkEnd]
+    subnet: ipaddress.IPv4Network
+    mtu: int
+    kind: str  # what the cable is (hardware/links/<kind>.yml); the virtual cluster emulates it
+
+    @property
+    def name(self) -> str:
+        return f"{self.ends[0].node}-{self.ends[1].node}"
+
+    def end(self, node: str) -> LinkEnd:
+        return self.ends[0] if self.ends[0].node == node else self.ends[1]
+
+    def peer(self, node: str) -> LinkEnd:
+        return self.ends[1] if self.ends[0].node == node else self.ends[0]
+
+
+@dataclass(frozen=True)
+class Fabric:
+    """The clustering links (USB4 host-to-host on the real nodes): point-to-point, a /31 each, and a /32
+    fabric address per node that every other node reaches over the links (routed where not adjacent)."""
+
+    prefix: ipaddress.IPv4Network
+    links: tuple[Link, ...]
+    addresses: tuple[tuple[str, ipaddress.IPv4Address], ...]  # node -> fabric address, inventory order
+    min_gbits: float  # `fabric test` fails a link slower than this
+
+    def address(self, node: str) -> ipaddress.IPv4Address | None:
+        return dict(self.addresses).get(node)
+
+    def links_of(self, node: str) -> list[Link]:
+        return [lk for lk in self.links if node in (lk.ends[0].node, lk.ends[1].node)]
 
 
 @dataclass(frozen=True)
@@ -82,6 +156,7 @@ class Inventory:
     nodes: tuple[Node, ...]
     admin: Admin
     image: ImageSettings
+    fabric: Fabric | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
     def node(self, name: str) -> Node:
@@ -98,119 +173,75 @@ class Inventory:
         """The named nodes (validated), or all nodes when none are named."""
         return [self.node(n) for n in names] if names else list(self.nodes)
 
-    def hardware_profiles(self) -> list[profiles.HardwareProfile]:
-        return [profiles.hardware(h) for h in sorted({n.hardware for n in self.nodes})]
+    def distro_of(self, node: Node) -> str:
+        """The distribution a node's image is built from: its hardware's own, else the inventory's."""
+        return node.profile.distro or self.image.distro
 
 
-class _Fields:
-    """Reads one mapping of the YAML file and reports errors as `file: section.field: ...`."""
+# --- parsing, one section at a time --------------------------------------------------------------
 
-    def __init__(self, source: Path, where: str, data: Any, known: set[str]):
-        self.source, self.where = source, where
-        if not isinstance(data, dict):
-            self.fail(f"must be a mapping, got {type(data).__name__}")
-        unknown = sorted(set(data) - known)
-        if unknown:
-            self.fail(f"unknown field {unknown[0]!r}", f"known fields: {', '.join(sorted(known))}")
-        self.data = data
-
-    def fail(self, message: str, hint: str | None = None, key: str | None = None) -> None:
-        where = f"{self.where}.{key}" if key and self.where else (key or self.where)
-        raise UserError(f"{self.source}: {where}: {message}", hint)
-
-    def get(self, key: str, default: Any = ..., kind: type = str) -> Any:
-        if key not in self.data or self.data[key] is None:
-            if default is ...:
-                self.fail("is missing", "add it (see cluster.example.yml)", key)
-            return default
-        value = self.data[key]
-        if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, kind):
-            self.fail(f"{value!r} must be a {kind.__name__}", None, key)
-        return value
-
-    def ip(self, key: str) -> ipaddress.IPv4Address:
-        value = self.get(key)
-        try:
-            return ipaddress.IPv4Address(value)
-        except ValueError:
-            self.fail(f"{value!r} is not an IPv4 address", "write it like 192.168.1.10", key)
-            raise  # unreachable, keeps type checkers quiet
+def _name(f: Fields, key: str, what: str = "host name") -> str:
+    value = f.get(key)
+    if not HOSTNAME_RE.match(value):
+        f.fail(f"{value!r} is not a valid {what}", "use lower-case letters, digits and '-'", key)
+    return value
 
 
-def _expand(path: str, base: Path) -> Path:
-    p = Path(os.path.expanduser(path))
-    return p if p.is_absolute() else (base / p)
-
-
-def _read_key(path: Path, src: Path) -> str:
-    hint = f"create one with `ssh-keygen -t ed25519` or set admin.ssh_public_key in {src}"
-    if not path.is_file():
-        raise UserError(f"{src}: admin.ssh_public_key: {path} does not exist", hint)
-    text = path.read_text().strip()
-    if not PUBKEY_RE.match(text):
-        raise UserError(f"{src}: admin.ssh_public_key: {path} is not an OpenSSH public key", hint)
-    return text
-
-
-def parse(data: Any, source: Path) -> Inventory:
-    """Validate the YAML data of an inventory; source names the file in messages."""
-    base = source.parent
-    top = _Fields(source, "", data, {"cluster", "control", "nodes", "admin", "image", "extra"})
-
-    c = _Fields(source, "control", top.get("control", kind=dict),
-                {"name", "compute_interface", "address", "subnet", "dhcp_range", "ansible_host", "ansible_user",
-                 "dns_servers"})
-    name = c.get("name")
-    if not HOSTNAME_RE.match(name):
-        c.fail(f"{name!r} is not a valid host name", "use lower-case letters, digits and '-'", "name")
+def _control(top: Fields) -> Control:
+    c = top.mapping("control", {"name", "compute_interface", "address", "subnet", "dhcp_range", "ansible_host",
+                                "ansible_user", "dns_servers"})
+    name = _name(c, "name")
     iface = c.get("compute_interface")
     if not IFNAME_RE.match(iface):
         c.fail(f"{iface!r} is not a Linux interface name", "at most 15 characters, e.g. enp3s0", "compute_interface")
-    try:
-        subnet = ipaddress.IPv4Network(c.get("subnet"), strict=True)
-    except ValueError:
-        c.fail(f"{c.get('subnet')!r} is not a network", "write it like 192.168.1.0/24", "subnet")
+    subnet = c.network("subnet")
     address = c.ip("address")
     if address not in subnet:
         c.fail(f"{address} is outside the subnet {subnet}", "pick an address inside it", "address")
+    if address in (subnet.network_address, subnet.broadcast_address):
+        c.fail(f"{address} is the subnet's {'network' if address == subnet.network_address else 'broadcast'} "
+               "address", f"pick a host address, e.g. {subnet.network_address + 1}", "address")
     rng = c.get("dhcp_range", kind=list)
     if len(rng) != 2:
         c.fail(f"{rng!r} must be [first, last]", "e.g. [192.168.1.100, 192.168.1.199]", "dhcp_range")
-    try:
-        first, last = (ipaddress.IPv4Address(str(a)) for a in rng)
-    except ValueError:
-        c.fail(f"{rng!r} holds something that is not an IPv4 address", None, "dhcp_range")
+    first, last = (c.ip(f"dhcp_range[{i}]", v) for i, v in enumerate(rng))
     if first not in subnet or last not in subnet or first > last:
         c.fail(f"{first}..{last} must be an ascending range inside {subnet}", None, "dhcp_range")
+    if first == subnet.network_address or last == subnet.broadcast_address:
+        c.fail(f"{first}..{last} includes the subnet's network or broadcast address",
+               f"keep it within {subnet.network_address + 1}..{subnet.broadcast_address - 1}", "dhcp_range")
     if first <= address <= last:
         c.fail(f"the control address {address} lies inside it", "move the range or the address", "dhcp_range")
-    try:
-        dns = tuple(ipaddress.IPv4Address(str(a)) for a in c.get("dns_servers", [], list))
-    except ValueError:
-        c.fail(f"{c.get('dns_servers')!r} holds something that is not an IPv4 address", None, "dns_servers")
-    control = Control(name, iface, address, subnet, (first, last), c.get("ansible_host", "localhost"), dns,
-                      c.get("ansible_user", ""))
+    dns = tuple(c.ip(f"dns_servers[{i}]", v) for i, v in enumerate(c.get("dns_servers", [], list)))
+    return Control(name, iface, address, subnet, (first, last), c.get("ansible_host", "localhost"), dns,
+                   c.get("ansible_user", ""))
 
-    i = _Fields(source, "image", top.get("image", {}, dict), {"store", "cache", "distro", "root", "models_label"})
+
+def _image(top: Fields, base: Path) -> ImageSettings:
+    i = top.mapping("image", {"store", "cache", "distro", "root", "models_label"}, None)
+    i = i or Fields(top.source, "image", {}, set())
     distro = i.get("distro", "ubuntu-22.04")
-    if distro not in profiles.names(paths.DISTRO_DIR):
-        i.fail(f"unknown distro profile {distro!r}", f"choose one of: {', '.join(profiles.names(paths.DISTRO_DIR))}",
-               "distro")
+    known = profiles.names(paths.DISTRO_DIR)
+    if distro not in known:
+        i.fail(f"unknown distro profile {distro!r}", f"choose one of: {', '.join(known)}", "distro")
     root = i.get("root", "nfs")
     if root not in ROOT_MODES:
         i.fail(f"{root!r} is not a root mode", f"choose one of: {', '.join(ROOT_MODES)}", "root")
     label = i.get("models_label", "models")
     if not re.match(r"^[A-Za-z0-9_-]{1,16}$", label):
         i.fail(f"{label!r} is not a usable filesystem label", "1-16 letters, digits, '-' or '_'", "models_label")
-    image = ImageSettings(
-        store=_expand(i.get("store", "/srv/onedotzero"), base),
-        cache=_expand(i.get("cache", "/var/cache/onedotzero"), base),
-        distro=distro, root=root, models_label=label,
-    )
+    store = _expand(i.get("store", "/srv/onedotzero"), base)
+    bad = sorted(set(re.sub(r"[A-Za-z0-9._+/-]", "", str(store))))
+    if not SAFE_PATH_RE.match(str(store)):
+        shown = ", ".join(repr(ch) for ch in bad) or "a relative part"
+        i.fail(f"{str(store)!r} contains {shown}, which the rendered nginx, NFS and dnsmasq configs cannot carry",
+               "use a path of letters, digits and . _ + - /", "store")
+    return ImageSettings(store=store, cache=_expand(i.get("cache", "/var/cache/onedotzero"), base),
+                         distro=distro, root=root, models_label=label)
 
-    a = _Fields(source, "admin", top.get("admin", kind=dict), {"user", "ssh_public_key", "password_hash"})
+
+def _admin(top: Fields, base: Path) -> Admin:
+    a = top.mapping("admin", {"user", "ssh_public_key", "password_hash"})
     user = a.get("user", "admin")
     if not USER_RE.match(user) or user == "root":
         a.fail(f"{user!r} is not a valid non-root user name", "e.g. admin", "user")
@@ -218,50 +249,214 @@ def parse(data: Any, source: Path) -> Inventory:
     if pw != "!" and not CRYPT_RE.match(pw):
         a.fail("is not a crypt(3) hash", "generate one with `openssl passwd -6` (never store a plain password)",
                "password_hash")
-    key_path = _expand(a.get("ssh_public_key"), base)
-    admin = Admin(user, key_path, _read_key(key_path, source), pw)
+    key = a.get("ssh_public_key")
+    if KEY_TEXT_RE.match(key):
+        a.fail("holds the text of a public key, not a path to one",
+               "save the key in a file (e.g. ~/.ssh/id_ed25519.pub) and give its path", "ssh_public_key")
+    if "\0" in key or len(key) > 4096:
+        a.fail("is not a usable path", "give the path of the .pub file", "ssh_public_key")
+    return Admin(user, _expand(key, base), "", pw)
 
+
+def _install_disk(n: Fields, models_disk: str) -> InstallDisk | None:
+    """{serial: S}, /dev/disk/by-id/<bus>-<serial> or /dev/disk/by-path/<path>: names that never swap."""
+    raw = n.data.get("install_disk")
+    if raw is None:
+        return None
+    hint = "pin the disk an install may erase: {serial: <ID_SERIAL>}, /dev/disk/by-id/<bus>-<serial> or by-path"
+    if isinstance(raw, dict):
+        d = n.mapping("install_disk", {"serial"})
+        serial = d.get("serial")
+        if not re.match(r"^[A-Za-z0-9_.:-]{1,128}$", serial):
+            d.fail(f"{serial!r} is not a disk serial number", "as `udevadm info -q property` shows ID_SERIAL", "serial")
+        return InstallDisk(f"serial {serial}", "serial", serial)
+    path = n.get("install_disk")
+    if path == models_disk:
+        n.fail(f"{path} is also the models disk", "the install would erase /models: pick the other disk",
+               "install_disk")
+    # udev names by-id links <bus>-<ID_SERIAL> (60-persistent-storage.rules) and by-path links after ID_PATH.
+    if m := re.match(r"^/dev/disk/by-id/(ata|nvme|scsi|usb|mmc)-([^/]+)$", path):
+        if not m[2].startswith(("eui.", "nvme.")):
+            return InstallDisk(path, "serial", m[2])
+    if m := re.match(r"^/dev/disk/by-path/([^/]+)$", path):
+        return InstallDisk(path, "id_path", m[1])
+    n.fail(f"{path!r} is not a stable disk name the installer can match (kernel names like /dev/nvme0n1 can "
+           "swap between boots; wwn-/eui. links name no serial)", hint, "install_disk")
+
+
+def _nodes(top: Fields, control: Control) -> tuple[Node, ...]:
     raw_nodes = top.get("nodes", kind=list)
     if not raw_nodes:
         top.fail("must list at least one compute node", None, "nodes")
-    nodes: list[Node] = []
-    known_hw = profiles.names(paths.HARDWARE_DIR)
+    subnet, (first, last) = control.subnet, control.dhcp_range
+    known_hw = set(profiles.names(paths.HARDWARE_DIR))
+    taken: dict[tuple[str, Any], tuple[int, str]] = {("name", control.name): (-1, "the control node"),
+                                                     ("ip", control.address): (-1, "the control node")}
+    nodes = []
     for idx, raw in enumerate(raw_nodes):
-        n = _Fields(source, f"nodes[{idx}]", raw, {"name", "mac", "ip", "hardware", "models_disk"})
-        nname = n.get("name")
-        if not HOSTNAME_RE.match(nname):
-            n.fail(f"{nname!r} is not a valid host name", "use lower-case letters, digits and '-'", "name")
+        n = Fields(top.source, f"nodes[{idx}]", raw, {"name", "mac", "ip", "hardware", "models_disk", "install_disk"})
+        name = _name(n, "name")
+        if name in RESERVED_NODE_NAMES or name.endswith(FABRIC_SUFFIX):
+            n.fail(f"{name!r} is a name the toolkit uses for its own files",
+                   f"pick another name (reserved: {', '.join(sorted(RESERVED_NODE_NAMES))}, *{FABRIC_SUFFIX})", "name")
         mac = n.get("mac").strip().lower().replace("-", ":")
         if not MAC_RE.match(mac):
             n.fail(f"{n.get('mac')!r} is not a MAC address", "write six hex pairs, e.g. 8c:ae:4c:f4:4e:21", "mac")
+        if mac in ("00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff"):
+            n.fail(f"{mac} is a placeholder, not a NIC's address", "copy the MAC from `ip link` on the node", "mac")
         if int(mac[:2], 16) & 1:
             n.fail(f"{mac} is a multicast address, not a NIC's", "copy the MAC from `ip link` on the node", "mac")
         ip = n.ip("ip")
         if ip not in subnet:
             n.fail(f"{ip} is outside the cluster subnet {subnet}", "pick an address inside it", "ip")
-        if ip == address or ip in (subnet.network_address, subnet.broadcast_address):
-            n.fail(f"{ip} is the control node's, network or broadcast address", "pick a free address", "ip")
+        if ip in (subnet.network_address, subnet.broadcast_address):
+            n.fail(f"{ip} is the subnet's network or broadcast address", "pick a free address", "ip")
         if first <= ip <= last:
-            n.fail(f"{ip} lies inside the dynamic DHCP range {first}..{last}", "give nodes addresses outside it",
-                   "ip")
+            n.fail(f"{ip} lies inside the dynamic DHCP range {first}..{last}", "give nodes addresses outside it", "ip")
         hw = n.get("hardware")
         if hw not in known_hw:
-            n.fail(f"unknown hardware profile {hw!r}", f"choose one of: {', '.join(known_hw)}", "hardware")
+            n.fail(f"unknown hardware profile {hw!r}", f"choose one of: {', '.join(sorted(known_hw))}", "hardware")
         disk = n.get("models_disk", "")
         if disk and not disk.startswith("/dev/"):
             n.fail(f"{disk!r} is not a device path", "e.g. /dev/nvme0n1 or /dev/disk/by-id/...", "models_disk")
-        for other in nodes:
-            for attr, value in (("name", nname), ("mac", mac), ("ip", ip)):
-                if getattr(other, attr) == value:
-                    n.fail(f"{value} is already used by node {other.name!r}", "every node needs its own", attr)
-        nodes.append(Node(nname, mac, ip, hw, disk))
-    if control.name in {n.name for n in nodes}:
-        c.fail(f"{control.name!r} is also a compute node's name", "give the control node its own name", "name")
+        for attr, value in (("name", name), ("mac", mac), ("ip", ip)):
+            owner, label = taken.setdefault((attr, value), (idx, f"node {name!r}"))
+            if owner != idx:
+                n.fail(f"{value} is already used by {label}", "every node needs its own", attr)
+        nodes.append(Node(name, mac, ip, hw, disk, _install_disk(n, disk)))
+    return tuple(nodes)
 
+
+def _check_kernels(top: Fields, nodes: tuple[Node, ...], image: ImageSettings) -> None:
+    """Every node's distribution must ship a kernel its hardware can run on (one check per profile)."""
+    for hw in sorted({n.hardware for n in nodes}):
+        profile = profiles.hardware(hw)
+        if profile.distro is None:
+            d = profiles.distro(image.distro)
+            if profiles.kernel_tuple(d.kernel) < profiles.kernel_tuple(profile.min_kernel):
+                top.fail(f"hardware {hw} needs Linux >= {profile.min_kernel}, but {d.name} ships {d.kernel}",
+                         f"choose a newer image.distro or give {profile.source.name} a distro:", "image.distro")
+
+
+def _fabric(top: Fields, nodes: tuple[Node, ...], control: Control) -> Fabric | None:
+    f = top.mapping("fabric", {"prefix", "links", "mtu", "min_gbits"}, None)
+    if f is None:
+        return None
+    prefix = f.network("prefix")
+    mtu_default = f.get("mtu", DEFAULT_MTU, int)
+    by_name = {n.name: n for n in nodes}
+    kinds = profiles.names(paths.HARDWARE_DIR / "links")
+    raw_links = f.get("links", kind=list)
+    if not raw_links:
+        f.fail("must list at least one link", "e.g. - {nodes: [node0, node1], kind: usb4}", "links")
+    used_ports: dict[str, int] = {}
+    pairs: dict[frozenset, int] = {}
+    links = []
+    for idx, raw in enumerate(raw_links):
+        lf = Fields(f.source, f"fabric.links[{idx}]", raw, {"nodes", "subnet", "mtu", "kind", "ports"})
+        ends = lf.strings("nodes")
+        if len(ends) != 2 or ends[0] == ends[1]:
+            lf.fail(f"{ends!r} must name two different nodes", "a link is one cable between two nodes", "nodes")
+        for end in ends:
+            if end not in by_name:
+                lf.fail(f"unknown node {end!r}", f"nodes are: {', '.join(by_name)}", "nodes")
+        pair = frozenset(ends)
+        if pair in pairs:
+            lf.fail(f"{ends[0]} and {ends[1]} are already linked by fabric.links[{pairs[pair]}]", None, "nodes")
+        pairs[pair] = idx
+        mtu = lf.get("mtu", mtu_default, int)
+        if not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
+            lf.fail(f"MTU {mtu} is out of range", f"{MTU_RANGE[0]}..{MTU_RANGE[1]} (65520 for thunderbolt-net)", "mtu")
+        kind = lf.get("kind", "usb4")
+        if kind not in kinds:
+            lf.fail(f"unknown link kind {kind!r}", f"choose one of: {', '.join(kinds)}", "kind")
+        ports = lf.strings("ports", ["", ""])
+        if len(ports) != 2:
+            lf.fail(f"{ports!r} must give one port per end", "e.g. [\"pci-0000:00:0d.2\", \"pci-0000:00:0d.3\"]",
+                    "ports")
+        if lf.has("subnet"):
+            subnet = lf.network("subnet")
+            if subnet.num_addresses < 2:
+                lf.fail(f"{subnet} has no room for two ends", "use a /31", "subnet")
+        else:  # the idx-th /31 of the prefix
+            subnet = ipaddress.IPv4Network((int(prefix.network_address) + 2 * idx, 31))
+        for end in ends:
+            used_ports[end] = used_ports.get(end, 0) + 1
+        a, b = (subnet[0], subnet[1]) if subnet.prefixlen == 31 else (subnet[1], subnet[2])
+        links.append(Link((LinkEnd(ends[0], a, ports[0]), LinkEnd(ends[1], b, ports[1])), subnet, mtu, kind))
+    for name, count in used_ports.items():
+        fab = by_name[name].profile.fabric
+        if fab is None:
+            f.fail(f"node {name} has {count} link(s), but its hardware {by_name[name].hardware} has no fabric ports",
+                   "add a fabric: section to the hardware profile, or remove the link", "links")
+        if count > fab.ports:
+            f.fail(f"node {name} has {count} links, but its hardware {by_name[name].hardware} has {fab.ports} "
+                   "port(s)", "remove links (a 4-node ring needs 2 ports per node, a full mesh 3)", "links")
+        if count > 1 and not any("{peer}" in v for _, v in fab.match):
+            for lk in links:
+                if name in (lk.ends[0].node, lk.ends[1].node) and not lk.end(name).port:
+                    f.fail(f"node {name} has {count} links: each end needs its port ({fab.port_key})",
+                           "add ports: [<end 0>, <end 1>] to its links", "links")
+    members = [n.name for n in nodes if n.name in used_ports]
+    if 2 * len(links) + len(members) + 2 > prefix.num_addresses:
+        f.fail(f"{prefix} is too small for {len(links)} links and {len(members)} node addresses", "use a /24",
+               "prefix")
+    top_addr = int(prefix.broadcast_address) - 1
+    addresses = tuple((name, ipaddress.IPv4Address(top_addr - i)) for i, name in enumerate(members))
+    _check_fabric_space(f, prefix, links, addresses, control)
+    return Fabric(prefix, tuple(links), addresses, f.get("min_gbits", 1.0, float))
+
+
+def _check_fabric_space(f: Fields, prefix, links: list[Link], addresses, control: Control) -> None:
+    """No two link subnets, node addresses or the cluster subnet overlap (a sorted sweep: n log n)."""
+    spans = [(int(lk.subnet.network_address), int(lk.subnet.broadcast_address), f"links[{i}] {lk.subnet}")
+             for i, lk in enumerate(links)]
+    spans += [(int(a), int(a), f"{name}'s fabric address {a}") for name, a in addresses]
+    spans.append((int(control.subnet.network_address), int(control.subnet.broadcast_address),
+                  f"the cluster subnet {control.subnet}"))
+    spans.sort()
+    for (_, e0, what0), (s1, _, what1) in zip(spans, spans[1:], strict=False):
+        if s1 <= e0:
+            f.fail(f"{what1} overlaps {what0}", f"give links their own /31s, or a larger prefix than {prefix}",
+                   "links")
+
+
+def parse(data: Any, source: Path) -> Inventory:
+    """Validate the YAML data of an inventory (pure: reads no file); source names the file in messages."""
+    base = source.parent
+    top = Fields(source, "", data, {"cluster", "control", "nodes", "admin", "image", "fabric", "extra"})
     cluster = top.get("cluster", "onedotzero")
     if not HOSTNAME_RE.match(cluster):
         top.fail(f"{cluster!r} is not a valid cluster name", "lower-case letters, digits and '-'", "cluster")
-    return Inventory(source, cluster, control, tuple(nodes), admin, image, top.get("extra", {}, dict))
+    control = _control(top)
+    image = _image(top, base)
+    admin = _admin(top, base)
+    nodes = _nodes(top, control)
+    _check_kernels(top, nodes, image)
+    fabric = _fabric(top, nodes, control)
+    return Inventory(source, cluster, control, nodes, admin, image, fabric, yamlfile.plain(top.get("extra", {}, dict)))
+
+
+def _expand(path: str, base: Path) -> Path:
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else (base / p)
+
+
+def read_public_key(path: Path, src: Path) -> str:
+    """The admin's public key text, or one line saying why not (never an OS error)."""
+    hint = f"create one with `ssh-keygen -t ed25519` or set admin.ssh_public_key in {src}"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{src}: admin.ssh_public_key: {path} does not exist", hint) from None
+    except OSError as e:
+        raise UserError(f"{src}: admin.ssh_public_key: cannot read {path}: {e.strerror}", hint) from None
+    text = data.decode("utf-8", errors="replace").strip()
+    if not PUBKEY_RE.match(text):
+        private = "PRIVATE KEY" in text
+        raise UserError(f"{src}: admin.ssh_public_key: {path} is {'a private' if private else 'not an OpenSSH public'}"
+                        " key", "give the .pub file" if private else hint)
+    return text
 
 
 def resolve_path(path: str | Path | None) -> Path:
@@ -274,22 +469,19 @@ def resolve_path(path: str | Path | None) -> Path:
 
 
 def load(path: str | Path | None = None) -> Inventory:
+    """Read and validate the inventory file and the admin's public key it names."""
     src = resolve_path(path).expanduser().absolute()
     if not src.is_file():
         raise UserError(f"inventory {src} not found",
                         "copy cluster.example.yml to cluster.yml and edit it, or pass --inventory PATH")
-    try:
-        data = yaml.safe_load(src.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{src}: not valid YAML{where}: {getattr(e, 'problem', e)}") from e
-    return parse(data, src)
+    inv = parse(yamlfile.load(src), src)
+    key = read_public_key(inv.admin.ssh_public_key_path, src)
+    return dataclasses.replace(inv, admin=dataclasses.replace(inv.admin, ssh_public_key=key))
 
 
 def to_dict(inv: Inventory) -> dict:
     """The resolved inventory as plain data (for `config show` and templates)."""
-    return {
+    out: dict = {
         "cluster": inv.cluster,
         "control": {
             "name": inv.control.name, "compute_interface": inv.control.compute_interface,
@@ -299,39 +491,24 @@ def to_dict(inv: Inventory) -> dict:
             "dns_servers": [str(a) for a in inv.control.dns_servers],
         },
         "nodes": [
-            {"name": n.name, "mac": n.mac, "ip": str(n.ip), "hardware": n.hardware, "models_disk": n.models_disk}
+            {"name": n.name, "mac": n.mac, "ip": str(n.ip), "hardware": n.hardware, "distro": inv.distro_of(n),
+             "models_disk": n.models_disk, **({"install_disk": str(n.install_disk)} if n.install_disk else {})}
             for n in inv.nodes
         ],
         "admin": {"user": inv.admin.user, "ssh_public_key": str(inv.admin.ssh_public_key_path)},
         "image": {"store": str(inv.image.store), "cache": str(inv.image.cache), "distro": inv.image.distro,
                   "root": inv.image.root, "models_label": inv.image.models_label},
     }
+    if inv.fabric:
+        fab = inv.fabric
+        out["fabric"] = {
+            "prefix": str(fab.prefix), "min_gbits": fab.min_gbits,
+            "addresses": {name: str(a) for name, a in fab.addresses},
+            "links": [{"nodes": [e.node for e in lk.ends], "subnet": str(lk.subnet), "mtu": lk.mtu, "kind": lk.kind,
+                       "addresses": [str(e.address) for e in lk.ends]} for lk in fab.links],
+        }
+    return out
 
 
 def dump(inv: Inventory) -> str:
     return yaml.safe_dump(to_dict(inv), sort_keys=False)
-
-
-def to_ansible(inv: Inventory) -> dict:
-    """An Ansible dynamic inventory (`--list` format) built from the same facts."""
-    facts = to_dict(inv)
-    local = inv.control.ansible_host in ("localhost", "127.0.0.1")
-    return {
-        "_meta": {
-            "hostvars": {
-                inv.control.name: {"ansible_host": inv.control.ansible_host,
-                                   **({"ansible_connection": "local"} if local else {}),
-                                   **({"ansible_user": inv.control.ansible_user} if inv.control.ansible_user else {})},
-                **{
-                    n.name: {"ansible_host": str(n.ip), "ansible_user": inv.admin.user, "odz_node_mac": n.mac,
-                             "odz_node_hardware": n.hardware, "odz_node_models_disk": n.models_disk,
-                             "odz_hardware_roles": list(profiles.hardware(n.hardware).roles)}
-                    for n in inv.nodes
-                },
-            }
-        },
-        "all": {"children": ["control", "compute"],
-                "vars": {"odz": facts, "odz_admin_password_hash": inv.admin.password_hash}},
-        "control": {"hosts": [inv.control.name]},
-        "compute": {"hosts": inv.node_names},
-    }

@@ -7,13 +7,11 @@ one node's time whatever the node count.
 
 from __future__ import annotations
 
-import shlex
 import socket
-import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from onedotzero import ssh
 from onedotzero.errors import UserError
 from onedotzero.inventory import Inventory, Node
 from onedotzero.log import log
@@ -21,8 +19,9 @@ from onedotzero.proc import require_interface
 
 WOL_PORT = 9
 SO_BINDTODEVICE = 25
-CONNECT_TIMEOUT = 5
-STATUS_CMD = "cat /etc/onedotzero-release 2>/dev/null; echo UPTIME=$(cut -d' ' -f1 /proc/uptime); echo HOST=$(hostname)"
+# Uptime as the age of PID 1: on a machine that is its boot's age, in a container node its own (a container
+# sees the host's /proc/uptime).
+STATUS_CMD = "cat /etc/onedotzero-release 2>/dev/null; echo UPTIME=$(ps -o etimes= -p 1); echo HOST=$(hostname)"
 
 
 def magic_packet(mac: str) -> bytes:
@@ -72,41 +71,12 @@ class NodeStatus:
         return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{int(self.uptime_s % 60):02d}s"
 
 
-def ssh_argv(inv: Inventory, node: Node, command: str, connect_timeout: int = CONNECT_TIMEOUT) -> list[str]:
-    return [*ssh_options(inv, connect_timeout), f"{inv.admin.user}@{node.ip}", command]
-
-
-def ssh_options(inv: Inventory, connect_timeout: int = CONNECT_TIMEOUT) -> list[str]:
-    """ssh with the inventory's key, never prompting."""
-    # Nodes regenerate host keys on every boot (shared read-only image): do not pin them.
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}",
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
-    key = inv.admin.ssh_public_key_path.with_suffix("")
-    if key.is_file():
-        argv += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
-    return argv
-
-
-def ssh(inv: Inventory, node: Node, command: str, timeout: float = 30) -> tuple[int, str, str, float]:
-    argv = ssh_argv(inv, node, command)
-    start = time.monotonic()
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        rc, out, err = p.returncode, p.stdout, p.stderr
-    except subprocess.TimeoutExpired:
-        rc, out, err = 255, "", f"timed out after {timeout}s"
-    elapsed = time.monotonic() - start
-    if rc != 0:
-        log.debug("%s: `%s` exited %d after %.1fs: %s", node.name, shlex.join(argv), rc, elapsed, err.strip()[-500:])
-    return rc, out, err, elapsed
-
-
 def node_status(inv: Inventory, node: Node) -> NodeStatus:
-    rc, out, err, elapsed = ssh(inv, node, STATUS_CMD)
-    if rc != 0:
-        reason = (err.strip().splitlines() or [f"exit code {rc}"])[-1]
-        return NodeStatus(node.name, False, error=reason, elapsed=elapsed)
-    facts = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    r = ssh.run(inv, node, STATUS_CMD)
+    if not r.ok:
+        return NodeStatus(node.name, False, error=r.reason(), elapsed=r.elapsed)
+    elapsed = r.elapsed
+    facts = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
     image = facts.get("ONEDOTZERO_IMAGE", "")
     ok = bool(image)
     return NodeStatus(node.name, ok, image or "unknown", facts.get("ONEDOTZERO_VERSION", "-"),
@@ -114,15 +84,8 @@ def node_status(inv: Inventory, node: Node) -> NodeStatus:
                       "" if ok else "not booted from an onedotzero image", elapsed)
 
 
-def _parallel(fn, nodes: list[Node]) -> list:
-    if not nodes:
-        return []
-    with ThreadPoolExecutor(max_workers=min(64, len(nodes))) as pool:
-        return list(pool.map(fn, nodes))
-
-
 def status(inv: Inventory, nodes: list[Node]) -> list[NodeStatus]:
-    return _parallel(lambda n: node_status(inv, n), nodes)
+    return ssh.parallel(lambda n: node_status(inv, n), nodes)
 
 
 @dataclass(frozen=True)
@@ -139,15 +102,15 @@ def power_action(inv: Inventory, nodes: list[Node], action: str) -> list[ActionR
     command = f"sudo -n sh -c 'nohup sh -c \"sleep 1; shutdown {flag} now\" >/dev/null 2>&1 &'"
 
     def one(node: Node) -> ActionResult:
-        rc, _, err, elapsed = ssh(inv, node, command)
-        if rc == 0:
+        r = ssh.run(inv, node, command)
+        if r.ok:
             return ActionResult(node.name, True, f"{'shutting down' if action == 'down' else 'restarting'}")
-        if rc == 255:
-            return ActionResult(node.name, action == "down", f"unreachable (already down?): {err.strip()[-200:]}")
-        return ActionResult(node.name, False, f"`shutdown {flag} now` exited {rc} after {elapsed:.1f}s on "
-                                              f"{node.ip}: {err.strip()[-300:]}")
+        if r.unreachable:
+            return ActionResult(node.name, action == "down", f"unreachable (already down?): {r.stderr.strip()[-200:]}")
+        return ActionResult(node.name, False, f"`shutdown {flag} now` exited {r.returncode} after {r.elapsed:.1f}s "
+                                              f"on {node.ip}: {r.stderr.strip()[-300:]}")
 
-    return _parallel(one, nodes)
+    return ssh.parallel(one, nodes)
 
 
 def wake(inv: Inventory, nodes: list[Node], timeout: float | None = None, resend_every: float = 15.0,

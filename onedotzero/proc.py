@@ -23,7 +23,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: get SIGKILL when the toolkit dies, so no orphan keeps writing."""
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -67,7 +67,7 @@ def run(
             cwd=cwd,
             input=input,
             timeout=timeout,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     except FileNotFoundError as e:
         raise UserError(f"cannot run {argv[0]}: not installed", "run `make setup`") from e
@@ -103,7 +103,7 @@ def run_progress(
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, **env} if env else None, cwd=cwd, bufsize=1,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=die_with_parent)
     except FileNotFoundError as e:
         raise UserError(f"cannot run {argv[0]}: not installed", "run `make setup`") from e
     try:

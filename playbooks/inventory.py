@@ -15,12 +15,12 @@ from onedotzero.venv import use_project_venv  # noqa: E402
 
 use_project_venv()
 
-from onedotzero import inventory  # noqa: E402
+from onedotzero import ansible, inventory  # noqa: E402
 from onedotzero.errors import UserError  # noqa: E402
 
 if __name__ == "__main__":
     try:
-        data = inventory.to_ansible(inventory.load())
+        data = ansible.to_ansible(inventory.load())
     except UserError as e:
         print(f"onedotzero inventory: {e.line()}", file=sys.stderr)
         sys.exit(1)

@@ -23,11 +23,12 @@ import sys
 import time
 
 from image.store import Store, Version
-from onedotzero import ansible, paths, power
+from onedotzero import ansible, paths, roles, ssh
 from onedotzero.errors import CommandError, UserError
 from onedotzero.log import log
 from onedotzero.proc import run
-from testbed.bed import Testbed, running_pid
+from testbed.base import running_pid
+from testbed.bed import Testbed
 
 CONTROL_MAC = "52:54:00:0d:ff:01"
 CONTROL_TAP = "tapctl"
@@ -64,13 +65,17 @@ class FullTestbed(Testbed):
                             f"{fix}: ansible_host: {c.address}, ansible_user: {self.inv.admin.user}")
         if self.address == c.address or self.address in {n.ip for n in self.inv.nodes}:
             raise UserError(f"full mode: the workstation address {self.address} is taken", fix)
-        if not Store(self.inv.image.store).versions("golden"):
+        if self.control_image() is None:
             raise UserError(f"full mode: no golden image in {self.inv.image.store} for the control VM to boot",
                             f"build it: ./cluster.py -i {self.inv.path} image build golden")
         super().preflight()
 
+    def control_image(self) -> Version | None:
+        """The control VM boots the first node's golden image (any golden image has what the playbook needs)."""
+        return Store(self.inv.image.store).newest_for(roles.image_spec(self.inv, self.inv.nodes[0]))
+
     def _serve(self) -> None:
-        version = Store(self.inv.image.store).get("golden")
+        version = self.control_image()
         disk = self._store_disk()
         self._bootstrap(version)
         self._start_control(version, disk)
@@ -110,17 +115,17 @@ class FullTestbed(Testbed):
     def _start_control(self, version: Version, disk) -> None:
         """Host: QEMU in the host's namespace (for user networking) with its first NIC on the testbed's tap."""
         c = self.inv.control
-        m = version.manifest()
+        m = version.manifest
         slirp_ip, slirp_mask, slirp_gw, slirp_dns = SLIRP
         # live-boot's ip= (interface:address:netmask:gateway:dns) becomes /etc/network/interfaces.
-        args = ["boot=live", f"fetch=http://{self.address}:{BOOTSTRAP_PORT}/{m['boot']['squashfs']}",
+        args = ["boot=live", f"fetch=http://{self.address}:{BOOTSTRAP_PORT}/{m.boot.squashfs}",
                 f"ip={c.compute_interface}:{c.address}:{c.subnet.netmask}::,"
                 f"eth1:{slirp_ip}:{slirp_mask}:{slirp_gw}:{slirp_dns}",
-                "net.ifnames=0", "console=ttyS0", *m["boot"].get("args", [])]
+                "net.ifnames=0", "console=ttyS0", *m.boot.args]
         qemu = [
             "qemu-system-x86_64", "-name", c.name, "-accel", "tcg", "-machine", "pc",
             "-m", str(self.control_memory_mb), "-smp", "2",
-            "-kernel", str(version.path / m["boot"]["kernel"]), "-initrd", str(version.path / m["boot"]["initrd"]),
+            "-kernel", str(version.path / m.boot.kernel), "-initrd", str(version.path / m.boot.initrd),
             "-append", " ".join(args),
             "-netdev", "tap,id=seg,fd=TAPFD", "-device", f"virtio-net-pci,netdev=seg,mac={CONTROL_MAC},addr=0x3",
             "-netdev", "user,id=up", "-device", "virtio-net-pci,netdev=up,addr=0x4",
@@ -143,7 +148,7 @@ class FullTestbed(Testbed):
     def control_ssh(self, command: str, timeout: float = 120) -> str:
         """Run a command on the control VM as the admin user; its stdout."""
         c = self.inv.control
-        argv = self.ns_argv([*power.ssh_options(self.inv), f"{c.ansible_user}@{c.address}", command])
+        argv = self.ns_argv([*ssh.options(self.inv), f"{c.ansible_user}@{c.address}", command])
         return run(argv, capture=True, timeout=timeout, host=self.inv.control.name).stdout
 
     def wait_control(self, timeout: float) -> None:

@@ -1,13 +1,13 @@
-"""The virtual cluster's Wake-on-LAN: powers on a node's VM when a magic packet for its MAC arrives.
+"""The virtual cluster's Wake-on-LAN: powers on a node when a magic packet for its MAC arrives.
 
 Runs inside the testbed's namespace: python -m testbed.wol_listener STATE_DIR BRIDGE
-A QEMU machine cannot be woken, so "off" is "no QEMU process"; this stands in for the NIC's wake logic.
-Malformed packets and packets for unknown MACs are logged and ignored.
+QEMU machines and containers cannot be woken, so "off" is "no process"; this stands in for the NIC's wake
+logic and starts the node the way its kind starts (testbed/base.py start_node). Malformed packets and
+packets for unknown MACs are logged and ignored.
 """
 
 from __future__ import annotations
 
-import json
 import socket
 import sys
 import time
@@ -15,13 +15,12 @@ from pathlib import Path
 
 from onedotzero.errors import UserError
 from onedotzero.power import parse_magic_packet
-from testbed.bed import VMSpec, start_vm
+from testbed.base import NODES_FILE, read_specs, start_node
 
 SO_BINDTODEVICE = 25
 
 
 def main(state: Path, bridge: str) -> None:
-    ns = f"odz-{state.name.removeprefix('run-')}"
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, bridge.encode())
@@ -34,13 +33,12 @@ def main(state: Path, bridge: str) -> None:
         if mac is None:
             print(f"{stamp} wol: ignored a malformed packet of {len(data)} bytes from {src}", flush=True)
             continue
-        specs = {m: VMSpec(**d) for m, d in json.loads((state / "vms.json").read_text()).items()}
+        specs = read_specs(state / NODES_FILE)
         if mac not in specs:
             print(f"{stamp} wol: ignored a magic packet for unknown MAC {mac} from {src}", flush=True)
             continue
         try:
-            started = start_vm(specs[mac], ns)
-            what = "powered on" if started else "already on"
+            what = "powered on" if start_node(specs[mac]) else "already on"
             print(f"{stamp} wol: magic packet for {mac} from {src}: {specs[mac].name} {what}", flush=True)
         except UserError as e:
             print(f"{stamp} wol: could not start {specs[mac].name}: {e}", flush=True)

@@ -150,11 +150,18 @@ def make_testbed_inventory(workdir: Path, name: str = "cluster.yml", source: str
 
 @pytest.fixture(scope="session")
 def golden_build(workdir):
-    """Builds the debian-12 golden image once (cached trees make later sessions fast)."""
-    inv = make_testbed_inventory(workdir)
+    """Builds the virtual cluster's golden images once (the QEMU nodes' and the container nodes'; cached trees
+    make later sessions fast). refs: each node's own image; ref and version: node0's (the QEMU image)."""
+    from image.store import Store
+    from onedotzero import inventory, roles
+
+    inv_path = make_testbed_inventory(workdir)
     start = time.monotonic()
-    proc = run_cli("-i", str(inv), "image", "build", "golden", timeout=1800)
+    proc = run_cli("-i", str(inv_path), "image", "build", "golden", timeout=3600)
     assert proc.returncode == 0, proc.stderr
-    ref = proc.stdout.strip().splitlines()[-1]
-    return {"inventory": inv, "ref": ref, "version": ref.split("@")[1], "log": proc.stderr,
-            "seconds": time.monotonic() - start}
+    inv = inventory.load(inv_path)
+    store = Store(inv.image.store)
+    refs = {n.name: str(store.newest_for(roles.image_spec(inv, n)).ref) for n in inv.nodes}
+    assert sorted(set(refs.values())) == sorted(proc.stdout.split()), "one image per kind of node, all printed"
+    return {"inventory": inv_path, "refs": refs, "ref": refs["node0"], "version": refs["node0"].split("@")[1],
+            "log": proc.stderr, "seconds": time.monotonic() - start}

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 from conftest import run_cli
-from test_render import VERSION, make_store_inventory
+from test_render import VERSION, make_store_inventory, ref
 
 from netboot import render, selection
 
@@ -46,13 +46,13 @@ def snapshot(inv) -> dict[str, bytes]:
 def plain(tmp_path, spec: str, root: str | None) -> dict[str, bytes]:
     """The store a plain `boot` writes for node0 (the expected state after the one-time boot)."""
     other = make_store_inventory(tmp_path / "expected")
-    selection.point(other, spec, ["node0"], root)
+    selection.point(other, ref(spec), ["node0"], root)
     return snapshot(other)
 
 
 def test_once_serves_the_choice_then_the_hook_restores_the_previous_one(inv, tmp_path):
-    selection.point(inv, "golden", ["node0"], "nfs")
-    selection.point(inv, "golden", ["node0"], "http", once=True)
+    selection.point(inv, ref("golden"), ["node0"], "nfs")
+    selection.point(inv, ref("golden"), ["node0"], "http", once=True)
     store = inv.image.store
     node_script = (store / "tftp/once" / f"{MAC}.ipxe").read_text()
     assert "fetch=" in node_script, "the one-time choice, served over TFTP"
@@ -68,33 +68,33 @@ def test_once_serves_the_choice_then_the_hook_restores_the_previous_one(inv, tmp
 
 
 def test_pxelinux_config_transfer_ends_it_too(inv, tmp_path):
-    selection.point(inv, "local", ["node0"])
-    selection.point(inv, "golden", ["node0"], once=True)
+    selection.point(inv, ref("local"), ["node0"])
+    selection.point(inv, ref("golden"), ["node0"], once=True)
     tftp_done(inv, f"pxelinux.cfg/01-{MAC}")
     assert snapshot(inv) == plain(tmp_path, "local", None)
 
 
 def test_once_from_the_menu_returns_to_the_menu(inv, tmp_path):
-    selection.point(inv, "golden", ["node0"], once=True)
+    selection.point(inv, ref("golden"), ["node0"], once=True)
     tftp_done(inv, f"once/{MAC}.ipxe")
     (c0,) = [c for c in selection.choices(inv) if c.node == "node0"]
-    assert c0.ref == "menu"
+    assert str(c0.ref) == "menu"
     assert [p for p in snapshot(inv) if MAC in p or "node0" in p] == []
 
 
 def test_a_second_once_keeps_the_original_fallback(inv):
-    selection.point(inv, "local", ["node0"])
-    selection.point(inv, "golden", ["node0"], "http", once=True)
-    selection.point(inv, "golden", ["node0"], "nfs", once=True)
+    selection.point(inv, ref("local"), ["node0"])
+    selection.point(inv, ref("golden"), ["node0"], "http", once=True)
+    selection.point(inv, ref("golden"), ["node0"], "nfs", once=True)
     (c0,) = [c for c in selection.choices(inv) if c.node == "node0"]
-    assert (c0.root, c0.then.ref) == ("nfs", "local")
-    assert selection.users_by_ref(inv)["local"] == ["node0"] and "node0" in selection.users_by_ref(inv)[c0.ref]
+    assert (c0.root, str(c0.then.ref)) == ("nfs", "local")
+    assert selection.users_by_ref(inv)[ref("local")] == ["node0"] and "node0" in selection.users_by_ref(inv)[c0.ref]
 
 
 def test_a_plain_boot_cancels_a_pending_once(inv, tmp_path):
-    selection.point(inv, "local", ["node0"])
-    selection.point(inv, "golden", ["node0"], once=True)
-    selection.point(inv, "golden", ["node0"], "http")
+    selection.point(inv, ref("local"), ["node0"])
+    selection.point(inv, ref("golden"), ["node0"], once=True)
+    selection.point(inv, ref("golden"), ["node0"], "http")
     tftp_done(inv, f"pxelinux.cfg/01-{MAC}")  # a late transfer must not bring "local" back
     assert snapshot(inv) == plain(tmp_path, "golden", "http")
 
@@ -105,8 +105,8 @@ def test_a_plain_boot_cancels_a_pending_once(inv, tmp_path):
     ["tftp", "1", "192.168.1.10", "/x/pxelinux.cfg/01-../../boot"],  # not a MAC
 ])
 def test_the_hook_ignores_everything_else(inv, args):
-    selection.point(inv, "local", ["node0"])
-    selection.point(inv, "golden", ["node0"], once=True)
+    selection.point(inv, ref("local"), ["node0"])
+    selection.point(inv, ref("golden"), ["node0"], once=True)
     before = snapshot(inv)
     hook = inv.image.store.parent / render.SERVICE_FILES["tftp-hook"]
     assert subprocess.run([hook, *args]).returncode == 0

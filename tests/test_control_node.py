@@ -31,7 +31,7 @@ RECAP = re.compile(r"changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
 def control_tree(golden_build, tmp_path_factory):
     """A fresh Debian 12 tree (the cached debootstrap base) playing the control node's disk."""
     inv = inventory.load(golden_build["inventory"])
-    cfg = golden.GoldenConfig.from_inventory(inv)
+    cfg = golden.GoldenConfig.for_node(inv, inv.node("node0"))
     keys = golden.stage_keys(golden.stage_inputs(cfg))
     ctx = golden.Context(cfg, tmp_path_factory.mktemp("control"), keys, "n/a")
     assert golden.restore(ctx, "base")

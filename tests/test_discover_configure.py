@@ -50,7 +50,7 @@ def test_configure_runs_the_playbook_on_the_selected_nodes(inventory_file, monke
 
     monkeypatch.setattr(power, "status", lambda inv, nodes: [power.NodeStatus(n.name, True) for n in nodes])
     calls = []
-    monkeypatch.setattr(ansible, "playbook", lambda inv, name, limit: calls.append((name, limit)) or
+    monkeypatch.setattr(ansible, "playbook", lambda inv, name, limit, netns=None: calls.append((name, limit)) or
                         [ansible.HostRecap(h, 9, 0, 0, 0) for h in limit])
     result = CliRunner().invoke(cluster.cli, ["-i", str(inventory_file), "compute", "configure", *names])
     assert result.exit_code == 0, result.output

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from conftest import make_testbed_inventory, needs_root, run_cli, running
 
-from image.store import Store
+from image.store import ImageRef, Store
 from netboot import render
-from onedotzero import inventory, power
-from testbed.bed import running_pid
+from onedotzero import inventory, ssh
+from testbed.base import running_pid
 from testbed.full import FullTestbed
 
 pytestmark = [pytest.mark.integration, needs_root("qemu-system-x86_64", "dnsmasq", "mkfs.ext4")]
@@ -30,7 +30,7 @@ def bed(golden_build, workdir):
     inv_path = make_testbed_inventory(workdir, "full.yml", source="testbed/full.yml", store=str(workdir / "full-store"))
     inv = inventory.load(inv_path)
     # The session's golden image, hard-linked into the full-mode store (the control VM's disk is made from it).
-    source = Store(inventory.load(golden_build["inventory"]).image.store).get("golden", golden_build["version"])
+    source = Store(inventory.load(golden_build["inventory"]).image.store).get(ImageRef.parse(golden_build["ref"]))
     store = Store(inv.image.store)
     with store.staging("golden") as staging:
         shutil.copytree(source.path, staging / source.name, copy_function=os.link)
@@ -68,7 +68,7 @@ def test_a_uefi_node_pxe_boots_the_golden_image_from_the_control_vm(bed, golden_
         pytest.fail(f"node0 did not come up from the control VM: {status.stdout}{status.stderr}")
     assert status.stdout.splitlines()[1].split()[:4] == ["node0", "up", "golden", golden_build["version"]]
     node = bed.inv.node("node0")
-    r = subprocess.run(bed.ns_argv(power.ssh_argv(bed.inv, node, "findmnt -no SOURCE,FSTYPE /run/live/medium; "
+    r = subprocess.run(bed.ns_argv(ssh.argv(bed.inv, node, "findmnt -no SOURCE,FSTYPE /run/live/medium; "
                                                   "test -d /sys/firmware/efi && echo firmware=uefi")),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr

@@ -17,7 +17,7 @@ from image import live, seed
 from image.store import Store
 from onedotzero import inventory
 from onedotzero.errors import UserError
-from testbed.fixture_http import make_keys, serve, sign
+from tests.fixtures.fixture_http import make_keys, serve, sign
 
 pytestmark = pytest.mark.skipif(not shutil.which("xorriso") or not shutil.which("gpgv"), reason="needs xorriso, gpgv")
 ISO = "ubuntu-22.04.5-live-server-amd64.iso"
@@ -66,13 +66,13 @@ def published(cfg) -> list:
 
 def test_fetch_verify_extract_publish(cfg, server, iso):
     v = live.build_live(cfg)
-    m = v.manifest()
-    assert m["iso_sha256"] == hashlib.sha256(iso).hexdigest() and m["iso"] == ISO
+    m = v.manifest
+    assert m.iso_sha256 == hashlib.sha256(iso).hexdigest() and m.iso == ISO
     assert (v.path / ISO).read_bytes() == iso
     assert (v.path / "vmlinuz").read_bytes().startswith(b"KERNEL")
     assert (v.path / "initrd").read_bytes().startswith(b"INITRD")
-    assert m["boot"]["kernel"] == "hwe-vmlinuz" and m["boot"]["initrd"] == "hwe-initrd", "HWE pair preferred"
-    assert "url={iso_url}" in m["boot"]["args"] and "autoinstall" not in m["boot"]["args"]
+    assert m.boot.kernel == "hwe-vmlinuz" and m.boot.initrd == "hwe-initrd", "HWE pair preferred"
+    assert "url={iso_url}" in m.boot.args and "autoinstall" not in m.boot.args
     assert published(cfg) == [v]
     # Again, with the ISO cached: only the small signed sums are fetched, and nothing new is published.
     server.requests.clear()
@@ -168,17 +168,25 @@ def test_live_seed_gives_admin_and_ssh_without_touching_the_disk(inventory_file)
     assert "admin\n" not in text.split("passwd:")[1].split("\n")[0], "no plain password"
 
 
-def test_install_seed_is_a_complete_autoinstall(inventory_file):
-    inv = inventory.load(inventory_file)
-    doc = yaml.safe_load(seed.install_user_data(inv, "node0"))
+def test_install_seed_is_a_complete_autoinstall_onto_the_pinned_disk(tmp_path, keypair):
+    from conftest import write_inventory
+
+    nodes = [{"name": "node0", "mac": "52:54:00:aa:00:10", "ip": "192.168.1.10", "hardware": "virtual-bios",
+              "install_disk": {"serial": "WD-WX12345678"}},
+             {"name": "node1", "mac": "52:54:00:aa:00:11", "ip": "192.168.1.11", "hardware": "virtual-uefi"}]
+    inv = inventory.load(write_inventory(tmp_path, keypair, nodes=nodes))
+    doc = yaml.safe_load(seed.install_user_data(inv, inv.node("node0")))
     ai = doc["autoinstall"]
     assert ai["version"] == 1 and ai["interactive-sections"] == []
+    assert ai["storage"] == {"layout": {"name": "direct", "match": {"serial": "WD-WX12345678"}}}, \
+        "the installer would otherwise take the largest disk: maybe the models SSD"
     assert ai["identity"] == {"hostname": "node0", "username": "admin", "realname": "onedotzero admin",
                               "password": inv.admin.password_hash}
     assert ai["ssh"] == {"install-server": True, "authorized-keys": [inv.admin.ssh_public_key], "allow-pw": False}
     files = seed.seed_files(inv)
-    assert set(files) >= {"seed/node0/user-data", "seed/node0/meta-data", "seed/node1/install/user-data",
+    assert set(files) >= {"seed/node0/user-data", "seed/node0/meta-data", "seed/node0/install/user-data",
                           "seed/default/user-data"}
+    assert "seed/node1/install/user-data" not in files and "seed/default/install/user-data" not in files
 
 
 def test_missing_key_stops_with_ssh_keygen_hint(tmp_path, keypair):

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from onedotzero import inventory, power
+from onedotzero import inventory, power, ssh
 
 
 def test_magic_packet_matches_independent_construction():
@@ -88,10 +88,11 @@ def test_status_runs_in_parallel(inventory_file, monkeypatch):
         with lock:
             active[0] -= 1
         if node.name == "node1":
-            return 255, "", "ssh: connect to host 192.168.1.11 port 22: No route to host", 0.3
-        return 0, "ONEDOTZERO_IMAGE=golden\nONEDOTZERO_VERSION=V1\nUPTIME=75.5\nHOST=node0\n", "", 0.3
+            return ssh.Result(node.name, 255, "", "ssh: connect to host 192.168.1.11 port 22: No route to host", 0.3)
+        return ssh.Result(node.name, 0, "ONEDOTZERO_IMAGE=golden\nONEDOTZERO_VERSION=V1\nUPTIME=75.5\nHOST=node0\n",
+                          "", 0.3)
 
-    monkeypatch.setattr(power, "ssh", fake_ssh)
+    monkeypatch.setattr(ssh, "run", fake_ssh)
     result = power.status(inv, list(inv.nodes))
     assert peak[0] == 2
     assert result[0].ok and result[0].version == "V1" and result[0].uptime == "1m15s"
@@ -100,6 +101,6 @@ def test_status_runs_in_parallel(inventory_file, monkeypatch):
 
 def test_ssh_argv_uses_the_inventory_key(inventory_file):
     inv = inventory.load(inventory_file)
-    argv = power.ssh_argv(inv, inv.nodes[0], "true")
+    argv = ssh.argv(inv, inv.nodes[0], "true")
     assert argv[-2:] == ["admin@192.168.1.10", "true"]
     assert "BatchMode=yes" in argv and str(inv.admin.ssh_public_key_path.with_suffix("")) in argv

@@ -13,27 +13,39 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from image.store import Store
+from image.store import Boot, ImageRef, Manifest, Store
 from netboot import render, selection
-from onedotzero import inventory
+from onedotzero import inventory, roles
+from onedotzero.errors import UserError
 
 GOLDEN = REPO / "tests" / "golden"
-VERSION = "20261127T000000Z-0123abcd"
+VERSION = "20261127T000000Z-0123abcd"  # the image of node0 and node1 (intel-arc, with the fabric)
+VERSION_B = "20261127T000000Z-4567cdef"  # node2's (virtual-bios)
+ref = ImageRef.parse
+
+
+def publish_fake(store: Path, name: str, spec: roles.ImageSpec, kind: str = "golden") -> None:
+    """A version directory whose manifest says it is spec's image (no real files: renders only read it)."""
+    version = store / kind / name
+    (version / "live").mkdir(parents=True)
+    Manifest(kind=kind, version=name, distro=spec.distro, input_hash=name[-8:] * 8, roles=spec.roles,
+             boot=Boot("vmlinuz", "initrd.img", ("quiet",), squashfs="live/filesystem.squashfs")).write(version)
 
 
 def make_store_inventory(tmp_path: Path) -> inventory.Inventory:
-    """The fixture inventory with its store moved to a temp dir holding one golden image version."""
+    """The fixture inventory with its store moved to a temp dir holding each of its golden images."""
     inv = inventory.load(REPO / "tests/data/inventory.yml")
-    store = tmp_path / "store"
-    version = store / "golden" / VERSION
-    (version / "live").mkdir(parents=True)
-    manifest = {"kind": "golden", "version": VERSION, "distro": "debian-12", "boot": {
-        "kernel": "vmlinuz", "initrd": "initrd.img", "squashfs": "live/filesystem.squashfs", "args": ["quiet"]}}
-    (version / "manifest.json").write_text(json.dumps(manifest))
-    return dataclasses.replace(inv, image=dataclasses.replace(inv.image, store=store))
+    inv = dataclasses.replace(inv, image=dataclasses.replace(inv.image, store=tmp_path / "store"))
+    for name, node in ((VERSION, "node0"), (VERSION_B, "node2")):
+        publish_fake(inv.image.store, name, roles.image_spec(inv, inv.node(node)))
+    return inv
 
 
 def check_golden(name: str, text: str, store: Path | None = None) -> None:
+    if render.CHECKSUM_MARK in text:  # the checksum covers the clone's path too: check it, then hide it
+        assert not render.edited(text)
+        body, _, _ = text.rpartition(render.CHECKSUM_MARK)
+        text = f"{body}{render.CHECKSUM_MARK}@SHA256@\n"
     if store is not None:
         text = text.replace(str(store), "@STORE@")
     text = text.replace(str(REPO), "@REPO@")  # the clone's location is not part of the output
@@ -66,8 +78,8 @@ def test_boot_menus(tmp_path):
 
 def test_node_files_nfs_and_http(tmp_path):
     inv = make_store_inventory(tmp_path)
-    selection.point(inv, "golden", [], None)
-    selection.point(inv, "golden", ["node1"], "http")
+    selection.point(inv, ref("golden"), [], None)
+    selection.point(inv, ref("golden"), ["node1"], "http")
     for node in inv.nodes:
         for rel in (f"boot/{node.mac_hyphen}.ipxe", f"tftp/pxelinux.cfg/01-{node.mac_hyphen}"):
             check_golden(rel, (inv.image.store / rel).read_text(), inv.image.store)
@@ -85,7 +97,7 @@ def test_dnsmasq_binds_only_the_compute_interface():
 
 def test_exports_are_read_only_and_subnet_only():
     inv = inventory.load(REPO / "tests/data/inventory.yml")
-    line = render.service_files(inv)[render.SERVICE_FILES["nfs"]].strip().splitlines()[-1]
+    line = render.service_files(inv)[render.SERVICE_FILES["nfs"]].strip().splitlines()[-2]
     assert line == "/srv/onedotzero-fixture 192.168.1.0/24(ro,no_subtree_check,all_squash,sync)"
 
 
@@ -115,3 +127,70 @@ def test_missing_loaders_are_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="boot loaders missing: .*absent/lpxelinux.0 .*apt-get install pxelinux"):
         render.install_loaders(tmp_path / "tftp")
     assert not (tmp_path / "tftp").exists(), "nothing half-copied"
+
+
+def test_each_node_boots_its_own_image_and_its_own_live_seed(tmp_path):
+    """Two nodes of one profile share an image but never a live seed (node1 once booted with node0's)."""
+    inv = make_store_inventory(tmp_path)
+    selection.point(inv, ref("golden"), [])
+    files = {n.name: (inv.image.store / f"boot/{n.mac_hyphen}.ipxe").read_text() for n in inv.nodes}
+    assert f"golden/{VERSION}/" in files["node0"] and f"golden/{VERSION}/" in files["node1"]
+    assert f"golden/{VERSION_B}/" in files["node2"]
+    publish_fake(inv.image.store, "20261127T000000Z-89abcdef", roles.ImageSpec("ubuntu-22.04", ()), kind="live")
+    live_manifest = inv.image.store / "live/20261127T000000Z-89abcdef/manifest.json"
+    data = json.loads(live_manifest.read_text())
+    data["boot"].update(iso="x.iso", args=["url={iso_url}", "ds=nocloud-net;s={seed_url}"])
+    live_manifest.write_text(json.dumps(data))
+    selection.point(inv, ref("live"), [])
+    for node in inv.nodes:
+        script = (inv.image.store / f"boot/{node.mac_hyphen}.ipxe").read_text()
+        assert f"s=http://192.168.1.1/seed/{node.name}/" in script
+        assert [n.name for n in inv.nodes if f"/seed/{n.name}/" in script] == [node.name]
+
+
+def test_a_golden_image_of_another_kind_is_refused(tmp_path):
+    inv = make_store_inventory(tmp_path)
+    with pytest.raises(UserError, match=f"golden@{VERSION_B} is the ubuntu-22.04 image; node0 .* boots "
+                                        r"ubuntu-22.04\+fabric"):
+        selection.point(inv, ref(f"golden@{VERSION_B}"), ["node0"])
+
+
+def test_menu_offers_every_image_of_the_inventory(tmp_path):
+    inv = make_store_inventory(tmp_path)
+    menu = render.boot_files(inv, Store(inv.image.store))["boot/menu.ipxe"]
+    assert f"golden {VERSION} (ubuntu-22.04+fabric" in menu and f"golden {VERSION_B} (ubuntu-22.04," in menu
+    assert "Install" not in menu, "no install entry for machines without a pinned disk"
+
+
+def test_an_operators_edit_is_backed_up_and_named(tmp_path):
+    inv = inventory.load(REPO / "tests/data/inventory.yml")
+    inv = dataclasses.replace(inv, image=dataclasses.replace(inv.image, store=tmp_path / "store"))
+    root = tmp_path / "root"
+    first = render.deploy(inv, root)
+    assert first.backups == [] and str(root / render.SERVICE_FILES["dnsmasq"]) in first.changed
+    assert render.deploy(inv, root).changed == [], "a second deploy writes nothing"
+    conf = root / render.SERVICE_FILES["dnsmasq"]
+    edited = conf.read_text().replace("dhcp-authoritative\n", "dhcp-authoritative\nlog-queries\n")
+    conf.write_text(edited)
+    again = render.deploy(inv, root)
+    (path, backup), = again.backups
+    assert path == str(conf) and Path(backup).read_text() == edited
+    assert Path(backup).is_relative_to(root / "var/backups/onedotzero/etc/dnsmasq.d")
+    assert "log-queries" not in conf.read_text() and not render.edited(conf.read_text())
+    assert render.deploy(inv, root).backups == [], "the toolkit's own file is not an edit"
+
+
+def test_edit_detection_needs_the_checksum_line():
+    text = render.seal("a\nb\n")
+    assert not render.edited(text)
+    assert render.edited(text.replace("a", "A"))
+    assert render.edited("a\nb\n"), "a file without the line (another tool's, or an older toolkit's) counts as edited"
+
+
+def test_the_lookup_gives_the_playbook_the_deployed_files(tmp_path):
+    inv = make_store_inventory(tmp_path)
+    services = render.ansible_files(inv, "services")
+    assert {f["path"].lstrip("/"): f["content"] for f in services} == render.service_files(inv)
+    assert [f["name"] for f in render.ansible_files(inv, "loaders")] == list(render.LOADERS)
+    assert {f["path"] for f in render.ansible_files(inv, "menus")} == \
+        {str(inv.image.store / rel) for rel in render.boot_files(inv, Store(inv.image.store))}

@@ -9,14 +9,19 @@ import sys
 import pytest
 from conftest import REPO
 
-from image.store import Store, diff_packages
+from image.store import Boot, ImageRef, Manifest, Store, diff_packages
 from onedotzero.errors import UserError
 
 
-def _staged(store: Store, name: str, packages: dict | None = None):
+def _manifest(name: str, packages: dict | None = None, roles: tuple[str, ...] = ("base",)) -> Manifest:
+    return Manifest(kind="golden", version=name, distro="debian-12", input_hash=name, boot=Boot("k", "i"),
+                    roles=roles, packages=packages or {})
+
+
+def _staged(store: Store, name: str, packages: dict | None = None, roles: tuple[str, ...] = ("base",)):
     d = store.root / ".staging" / name
     d.mkdir(parents=True)
-    (d / "manifest.json").write_text(json.dumps({"version": name, "packages": packages or {}}))
+    _manifest(name, packages, roles).write(d)
     return d
 
 
@@ -34,7 +39,7 @@ def test_incomplete_directory_is_not_a_version(tmp_path):
     (tmp_path / "golden" / "20260101T000000Z-bbbb").mkdir(parents=True)
     assert store.versions("golden") == []
     with pytest.raises(UserError, match="is incomplete"):
-        store.get("golden", "20260101T000000Z-bbbb")
+        store.get(ImageRef("golden", "20260101T000000Z-bbbb"))
     with pytest.raises(UserError, match="refusing to publish"):
         store.publish("golden", "v", tmp_path / "golden" / "20260101T000000Z-bbbb")
 
@@ -55,14 +60,28 @@ def test_gc_keeps_pinned_and_newest(tmp_path):
     names = [f"2026010{i}T000000Z-cccc" for i in range(1, 6)]
     for n in names:
         store.publish("golden", n, _staged(store, n))
-    removed = store.gc(keep=1, pinned={f"golden@{names[0]}"})
+    other = "20260102T120000Z-dddd"  # the only version of another image: the newest of its own
+    store.publish("golden", other, _staged(store, other, roles=("base", "fabric")))
+    removed = store.gc(keep=1, pinned={ImageRef("golden", names[0])})
     assert [v.name for v in removed] == names[1:4]
-    assert [v.name for v in store.versions("golden")] == [names[0], names[4]]
+    assert [v.name for v in store.versions("golden")] == [names[0], other, names[4]]
     with pytest.raises(UserError, match="keep at least 1"):
         store.gc(keep=0, pinned=set())
 
 
 def test_diff_packages():
-    a = {"packages": {"bash": "5.2-1", "vim": "9.0", "curl": "7.88"}}
-    b = {"packages": {"bash": "5.2-2", "curl": "7.88", "less": "590"}}
+    a = _manifest("a", {"bash": "5.2-1", "vim": "9.0", "curl": "7.88"})
+    b = _manifest("b", {"bash": "5.2-2", "curl": "7.88", "less": "590"})
     assert diff_packages(a, b) == ["~ bash 5.2-1 -> 5.2-2", "+ less 590", "- vim 9.0"]
+
+
+def test_manifest_round_trip_and_refs(tmp_path):
+    m = _manifest("20260101T000000Z-eeee", {"bash": "5.2"}, ("base", "netroot", "wol", "fabric"))
+    m.write(tmp_path)
+    assert Manifest.from_dict(json.loads((tmp_path / "manifest.json").read_text())) == m
+    assert m.spec.label == "debian-12+fabric"
+    assert str(ImageRef.parse("golden@20260101T000000Z-eeee")) == "golden@20260101T000000Z-eeee"
+    assert ImageRef.parse("install@V").store_kind == "live" and ImageRef.parse("local").store_kind is None
+    for bad, message in (("gold", "unknown image"), ("golden@", "no version"), ("local@x", "no versions")):
+        with pytest.raises(UserError, match=message):
+            ImageRef.parse(bad)

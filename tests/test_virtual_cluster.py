@@ -1,6 +1,8 @@
 """The boot chain end to end in the virtual cluster: the toolkit's rendered dnsmasq/nginx/NFS configs
 serve QEMU nodes (SeaBIOS+iPXE and OVMF) that are woken by real magic packets, PXE-boot the golden
-image built by the toolkit, and are driven by `cluster.py compute` over SSH as `admin`.
+image built for them by the toolkit, and are driven by `cluster.py compute` over SSH as `admin`. The
+same testbed has two container nodes (another kind, with their own image): `compute` drives all four
+alike.
 
 One cluster serves every test here (boots under TCG take about two minutes each).
 """
@@ -18,8 +20,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, needs_root, run_cli, running
 
-from onedotzero import inventory, power
-from testbed.bed import STATE_ROOT, Testbed
+from onedotzero import inventory, power, ssh
+from testbed import cgroups
+from testbed.base import STATE_ROOT
+from testbed.bed import Testbed
 
 pytestmark = [pytest.mark.integration, needs_root("qemu-system-x86_64", "dnsmasq", "nginx", "ganesha.nfsd")]
 BOOT_TIMEOUT = 900  # two TCG boots at once on 2 cores take 2-3 min; leave room for a loaded CI machine
@@ -29,7 +33,7 @@ BOOT_TIMEOUT = 900  # two TCG boots at once on 2 cores take 2-3 min; leave room 
 def bed(golden_build):
     inv = inventory.load(golden_build["inventory"])
     tb = Testbed(inv, f"t{os.getpid() % 100000}")
-    assert run_cli("-i", str(inv.path), "boot", "--image", golden_build["ref"]).returncode == 0
+    assert run_cli("-i", str(inv.path), "boot", "--image", "golden").returncode == 0  # each node its own
     with running(tb):
         yield tb
 
@@ -39,7 +43,7 @@ def in_ns(bed: Testbed, *args: str, timeout: float = 120) -> subprocess.Complete
 
 
 def node_ssh(bed: Testbed, node: str, command: str) -> subprocess.CompletedProcess:
-    argv = power.ssh_argv(bed.inv, bed.inv.node(node), command)
+    argv = ssh.argv(bed.inv, bed.inv.node(node), command)
     return subprocess.run(bed.ns_argv(argv), capture_output=True, text=True, timeout=60)
 
 
@@ -67,7 +71,7 @@ def test_compute_up_wakes_and_boots_bios_and_uefi_nodes(bed, golden_build):
     assert not any(bed.is_on(n.name) for n in bed.inv.nodes), "nodes start powered off"
     proc = in_ns(bed, "compute", "up", "--timeout", str(BOOT_TIMEOUT), timeout=BOOT_TIMEOUT + 60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "magic packets sent to node0, node1 via odzbr0" in proc.stderr
+    assert "magic packets sent to node0, node1, node2, node3 via odzbr0" in proc.stderr
     for node in ("node0", "node1"):
         assert bed.is_on(node)
         r = node_ssh(bed, node, "cat /etc/onedotzero-release; hostname; findmnt -no FSTYPE /; "
@@ -84,7 +88,17 @@ def test_compute_up_wakes_and_boots_bios_and_uefi_nodes(bed, golden_build):
         firmware = {"node0": "bios", "node1": "uefi"}[node]
         assert f"firmware={firmware}" in out and "sudo=ok" in out
     wol = bed.path("log", "wol.out").read_text()
-    assert "node0 powered on" in wol and "node1 powered on" in wol
+    assert all(f"node{i} powered on" in wol for i in range(4))
+
+
+def test_each_kind_boots_its_own_image(bed, golden_build):
+    """QEMU nodes and container nodes are different hardware: each boots the image built for its profile."""
+    for node in bed.inv.nodes:
+        r = node_ssh(bed, node.name, "cat /etc/onedotzero-release; systemd-detect-virt -c || true")
+        assert r.returncode == 0, r.stderr
+        assert f"ONEDOTZERO_VERSION={golden_build['refs'][node.name].split('@')[1]}" in r.stdout
+        assert ("systemd-nspawn" in r.stdout) == (bed.status()["kinds"][node.name] == "container")
+    assert golden_build["refs"]["node0"] != golden_build["refs"]["node2"]
 
 
 def test_status_reports_each_node(bed, golden_build):
@@ -98,7 +112,7 @@ def test_status_reports_each_node(bed, golden_build):
 def test_configure_succeeds_and_a_second_run_changes_nothing(bed):
     first = in_ns(bed, "compute", "configure", timeout=900)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert sorted(line.split(":")[0] for line in first.stdout.splitlines()) == ["node0", "node1"]
+    assert sorted(line.split(":")[0] for line in first.stdout.splitlines()) == ["node0", "node1", "node2", "node3"]
     second = in_ns(bed, "compute", "configure", timeout=900)
     assert second.returncode == 0, second.stdout + second.stderr
     assert all(line.endswith(" changed=0") for line in second.stdout.splitlines()), second.stdout
@@ -154,7 +168,7 @@ def test_live_image_boots_into_ram_with_ssh_and_leaves_the_disk_alone(bed, golde
     """The live pipeline end to end: signed sums and a fixture ISO over HTTP, published, PXE-booted into RAM."""
     import hashlib
 
-    from testbed.live_fixture import publish_fixture_live
+    from tests.fixtures.live_fixture import publish_fixture_live
 
     version = publish_fixture_live(bed.inv, tmp_path)
     bed._render()  # the menus and seeds, as `netboot render` leaves them on a control node
@@ -263,3 +277,6 @@ def test_down_leaves_nothing(bed):
     assert not any(bed.status()["services"].values())
     links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
     assert bed.bridge not in links and "tap0" not in links
+    assert not [ns for ns in os.listdir("/run/netns") if ns.startswith(bed.ns)], "node namespaces are gone"
+    assert cgroups.leftovers(bed.ns) == [], "container nodes' cgroups are gone"
+    assert str(bed.state) not in Path("/proc/self/mountinfo").read_text(), "no image is left mounted"
