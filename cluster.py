@@ -25,8 +25,8 @@ from image import golden, live  # noqa: E402
 from image.store import ImageRef, Store, diff_packages  # noqa: E402
 from netboot import preflight as netboot_preflight  # noqa: E402
 from netboot import render, selection  # noqa: E402
+from onedotzero import acceptance, discover, power  # noqa: E402
 from onedotzero import compute as compute_mod  # noqa: E402
-from onedotzero import discover, power  # noqa: E402
 from onedotzero import inventory as inv_mod  # noqa: E402
 from onedotzero.errors import UserError  # noqa: E402
 from onedotzero.log import setup_logging  # noqa: E402
@@ -419,14 +419,77 @@ def compute_restart(state: State, nodes: tuple[str, ...]) -> None:
 @click.argument("nodes", nargs=-1)
 @pass_state
 def compute_configure(state: State, nodes: tuple[str, ...]) -> None:
-    """Run the compute-node playbook (each node's image roles) once every node is OK.
+    """Run the compute-node playbook (each node's image roles) once every node is OK, then the nodes'
+    hardware acceptance checks (`compute check`).
 
     \b
     Example:
       ./cluster.py compute configure
     """
-    for r in compute_mod.configure(state.inv, state.inv.select(nodes)):
+    selected = state.inv.select(nodes)
+    for r in compute_mod.configure(state.inv, selected):
         click.echo(f"{r.host}: ok={r.ok} changed={r.changed}")
+    _acceptance(state, selected)
+
+
+def _acceptance(state: State, nodes) -> None:
+    checks = compute_mod.check(state.inv, nodes)
+    _table(acceptance.rows(checks))
+    problems = [p for c in checks for p in c.problems()]
+    if problems:
+        raise UserError("acceptance failed: " + "; ".join(problems))
+
+
+@compute.command("check")
+@click.argument("nodes", nargs=-1)
+@pass_state
+def compute_check(state: State, nodes: tuple[str, ...]) -> None:
+    """Each node's hardware acceptance checks, in parallel: the GPU its profile expects in `clinfo -l` and
+    `vulkaninfo --summary`, the admin user opening the render node, the kernel at least the profile's
+    minimum. Exit 1 naming each node and what is missing, with the command's output.
+
+    \b
+    Example:
+      ./cluster.py compute check
+    """
+    _acceptance(state, state.inv.select(nodes))
+
+
+@compute.command("run")
+@click.argument("command")
+@click.argument("nodes", nargs=-1)
+@click.option("--timeout", type=click.FloatRange(min=1), help="Give up on a node after this many seconds.")
+@pass_state
+def compute_run(state: State, command: str, nodes: tuple[str, ...], timeout: float | None) -> None:
+    """Run COMMAND on NODES (default: all) in parallel as the admin user; every output line is prefixed with
+    its node; then a summary. Exit 1 if any node failed or was unreachable.
+
+    \b
+    Example:
+      ./cluster.py compute run 'uptime'
+      ./cluster.py compute run 'sudo journalctl -u ssh -n 5' node0 node1
+    """
+    results = compute_mod.run(state.inv, state.inv.select(nodes), command, click.echo, timeout)
+    click.echo()
+    _table([("NODE", "RESULT"), *((r.node, r.describe()) for r in results)])
+    bad = [r.node for r in results if r.code != 0]
+    if bad:
+        raise UserError(f"failed on {len(bad)} of {len(results)} nodes: {', '.join(bad)}")
+
+
+@compute.command("ssh", context_settings={"ignore_unknown_options": True})
+@click.argument("node")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_state
+def compute_ssh(state: State, node: str, command: tuple[str, ...]) -> None:
+    """An interactive shell on NODE as the inventory's admin user, with its key (or run COMMAND there).
+
+    \b
+    Example:
+      ./cluster.py compute ssh node0
+      ./cluster.py compute ssh node1 -- sudo dmesg
+    """
+    compute_mod.shell(state.inv, state.inv.node(node), command)
 
 
 @compute.command("discover")

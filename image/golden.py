@@ -146,7 +146,7 @@ def stage_inputs(cfg: GoldenConfig) -> dict[str, dict]:
     configure = {
         "base": _digest(base),
         "playbooks": _tree_digest(paths.PLAYBOOKS_DIR / "image.yml",
-                                  *(paths.PLAYBOOKS_DIR / "roles" / r for r in common)),
+                                  *(paths.PLAYBOOKS_DIR / "roles" / r for r in (*roles.SHARED_ROLES, *common))),
         **{f"vars.{k}": v for r in common for k, v in sorted(roles.vars_of(r, cfg.playbook_vars).items())},
     }
     own = cfg.spec.own_roles

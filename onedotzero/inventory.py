@@ -8,10 +8,13 @@ field, the value and the fix. Validation is linear in the number of nodes and li
 from __future__ import annotations
 
 import dataclasses
+import errno
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,9 @@ IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # Linux IFNAMSIZ is 16 includ
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 CRYPT_RE = re.compile(r"^\$(1|5|6|y|2[aby])\$[^\s:]+$")
 PUBKEY_RE = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+( .*)?$")
-KEY_TEXT_RE = re.compile(r"^\s*(ssh-|ecdsa-|sk-)\S*\s+[A-Za-z0-9+/=]{16,}")
+# Key text pasted where a path goes: "<type> <base64> [comment]", or the base64 alone (an SSH key blob starts
+# with the 4-byte length of its type name: "AAAA").
+KEY_TEXT_RE = re.compile(r"^\s*((ssh-|ecdsa-|sk-)\S*\s+[A-Za-z0-9+/=]{16,}|AAAA[A-Za-z0-9+/]{40,})")
 # Paths that nginx, NFS exports, ganesha and dnsmasq configs all carry as written, unquoted.
 SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._+/-]*$")
 ROOT_MODES = ("nfs", "http")
@@ -36,6 +41,8 @@ RESERVED_NODE_NAMES = frozenset({"default", "menu", "local", "live", "golden", "
 FABRIC_SUFFIX = "-fabric"  # every node resolves <node>-fabric to that node's fabric address
 MTU_RANGE = (1280, 65522)  # thunderbolt-net allows up to 65522; 65520 is what both ends usually use
 DEFAULT_MTU = 65520
+NODE_FIELDS = frozenset({"name", "mac", "ip", "hardware", "models_disk", "install_disk"})
+LINK_FIELDS = frozenset({"nodes", "subnet", "mtu", "kind", "ports"})
 
 
 @dataclass(frozen=True)
@@ -142,10 +149,23 @@ class Fabric:
     min_gbits: float  # `fabric test` fails a link slower than this
 
     def address(self, node: str) -> ipaddress.IPv4Address | None:
-        return dict(self.addresses).get(node)
+        return self._address_of.get(node)
 
     def links_of(self, node: str) -> list[Link]:
-        return [lk for lk in self.links if node in (lk.ends[0].node, lk.ends[1].node)]
+        return list(self._links_of.get(node, ()))
+
+    # Indexes built on first use: callers ask once per node, which must not cost a scan of every link.
+    @cached_property
+    def _address_of(self) -> dict[str, ipaddress.IPv4Address]:
+        return dict(self.addresses)
+
+    @cached_property
+    def _links_of(self) -> dict[str, list[Link]]:
+        index: dict[str, list[Link]] = {}
+        for lk in self.links:
+            for end in lk.ends:
+                index.setdefault(end.node, []).append(lk)
+        return index
 
 
 @dataclass(frozen=True)
@@ -160,10 +180,14 @@ class Inventory:
     extra: dict = field(default_factory=dict, compare=False)
 
     def node(self, name: str) -> Node:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise UserError(f"unknown node {name!r}", f"the inventory {self.path} has: {', '.join(self.node_names)}")
+        found = self._by_name.get(name)
+        if found is None:
+            raise UserError(f"unknown node {name!r}", f"the inventory {self.path} has: {_some(self.node_names)}")
+        return found
+
+    @cached_property
+    def _by_name(self) -> dict[str, Node]:
+        return {n.name: n for n in self.nodes}
 
     @property
     def node_names(self) -> list[str]:
@@ -179,6 +203,13 @@ class Inventory:
 
 
 # --- parsing, one section at a time --------------------------------------------------------------
+
+def _some(names: list[str] | tuple[str, ...] | dict, limit: int = 8) -> str:
+    """A list of names for a message, cut short when an inventory has thousands."""
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, ... ({len(names)} in all)"
+
 
 def _name(f: Fields, key: str, what: str = "host name") -> str:
     value = f.get(key)
@@ -205,13 +236,18 @@ def _control(top: Fields) -> Control:
     if len(rng) != 2:
         c.fail(f"{rng!r} must be [first, last]", "e.g. [192.168.1.100, 192.168.1.199]", "dhcp_range")
     first, last = (c.ip(f"dhcp_range[{i}]", v) for i, v in enumerate(rng))
+    hosts = f"{subnet.network_address + 1}..{subnet.broadcast_address - 1}"
     if first not in subnet or last not in subnet or first > last:
-        c.fail(f"{first}..{last} must be an ascending range inside {subnet}", None, "dhcp_range")
-    if first == subnet.network_address or last == subnet.broadcast_address:
-        c.fail(f"{first}..{last} includes the subnet's network or broadcast address",
-               f"keep it within {subnet.network_address + 1}..{subnet.broadcast_address - 1}", "dhcp_range")
+        c.fail(f"{first}..{last} must be an ascending range inside {subnet}", f"give [first, last] within {hosts}",
+               "dhcp_range")
+    for end, special in ((first, subnet.network_address), (last, subnet.broadcast_address)):
+        if end == special:
+            what = "network" if special == subnet.network_address else "broadcast"
+            c.fail(f"{first}..{last} includes {end}, the subnet's {what} address", f"keep it within {hosts}",
+                   "dhcp_range")
     if first <= address <= last:
-        c.fail(f"the control address {address} lies inside it", "move the range or the address", "dhcp_range")
+        c.fail(f"{first}..{last} includes the control address {address}", "move the range or the address",
+               "dhcp_range")
     dns = tuple(c.ip(f"dns_servers[{i}]", v) for i, v in enumerate(c.get("dns_servers", [], list)))
     return Control(name, iface, address, subnet, (first, last), c.get("ansible_host", "localhost"), dns,
                    c.get("ansible_user", ""))
@@ -252,10 +288,12 @@ def _admin(top: Fields, base: Path) -> Admin:
     key = a.get("ssh_public_key")
     if KEY_TEXT_RE.match(key):
         a.fail("holds the text of a public key, not a path to one",
-               "save the key in a file (e.g. ~/.ssh/id_ed25519.pub) and give its path", "ssh_public_key")
-    if "\0" in key or len(key) > 4096:
-        a.fail("is not a usable path", "give the path of the .pub file", "ssh_public_key")
-    return Admin(user, _expand(key, base), "", pw)
+               "save the key in a file, e.g. ~/.ssh/id_ed25519.pub, and give that file's path", "ssh_public_key")
+    path = _expand(key, base)
+    if "\0" in key or len(os.fsencode(path)) >= 4096 or any(len(os.fsencode(p)) > 255 for p in path.parts):
+        a.fail("is too long to be a path (a file name has at most 255 bytes, a path 4095)",
+               "give the path of the .pub file, e.g. ~/.ssh/id_ed25519.pub", "ssh_public_key")
+    return Admin(user, path, "", pw)
 
 
 def _install_disk(n: Fields, models_disk: str) -> InstallDisk | None:
@@ -294,11 +332,11 @@ def _nodes(top: Fields, control: Control) -> tuple[Node, ...]:
                                                      ("ip", control.address): (-1, "the control node")}
     nodes = []
     for idx, raw in enumerate(raw_nodes):
-        n = Fields(top.source, f"nodes[{idx}]", raw, {"name", "mac", "ip", "hardware", "models_disk", "install_disk"})
+        n = Fields(top.source, f"nodes[{idx}]", raw, NODE_FIELDS)
         name = _name(n, "name")
         if name in RESERVED_NODE_NAMES or name.endswith(FABRIC_SUFFIX):
             n.fail(f"{name!r} is a name the toolkit uses for its own files",
-                   f"pick another name (reserved: {', '.join(sorted(RESERVED_NODE_NAMES))}, *{FABRIC_SUFFIX})", "name")
+                   f"rename the node; reserved: {', '.join(sorted(RESERVED_NODE_NAMES))} and *{FABRIC_SUFFIX}", "name")
         mac = n.get("mac").strip().lower().replace("-", ":")
         if not MAC_RE.match(mac):
             n.fail(f"{n.get('mac')!r} is not a MAC address", "write six hex pairs, e.g. 8c:ae:4c:f4:4e:21", "mac")
@@ -310,7 +348,8 @@ def _nodes(top: Fields, control: Control) -> tuple[Node, ...]:
         if ip not in subnet:
             n.fail(f"{ip} is outside the cluster subnet {subnet}", "pick an address inside it", "ip")
         if ip in (subnet.network_address, subnet.broadcast_address):
-            n.fail(f"{ip} is the subnet's network or broadcast address", "pick a free address", "ip")
+            what = "network" if ip == subnet.network_address else "broadcast"
+            n.fail(f"{ip} is the subnet's {what} address", "pick a free host address", "ip")
         if first <= ip <= last:
             n.fail(f"{ip} lies inside the dynamic DHCP range {first}..{last}", "give nodes addresses outside it", "ip")
         hw = n.get("hardware")
@@ -335,7 +374,8 @@ def _check_kernels(top: Fields, nodes: tuple[Node, ...], image: ImageSettings) -
             d = profiles.distro(image.distro)
             if profiles.kernel_tuple(d.kernel) < profiles.kernel_tuple(profile.min_kernel):
                 top.fail(f"hardware {hw} needs Linux >= {profile.min_kernel}, but {d.name} ships {d.kernel}",
-                         f"choose a newer image.distro or give {profile.source.name} a distro:", "image.distro")
+                         f"choose a newer image.distro, or give {profile.source} a distro: that ships one",
+                         "image.distro")
 
 
 def _fabric(top: Fields, nodes: tuple[Node, ...], control: Control) -> Fabric | None:
@@ -343,30 +383,29 @@ def _fabric(top: Fields, nodes: tuple[Node, ...], control: Control) -> Fabric | 
     if f is None:
         return None
     prefix = f.network("prefix")
-    mtu_default = f.get("mtu", DEFAULT_MTU, int)
+    mtu_default = _mtu(f, DEFAULT_MTU)
     by_name = {n.name: n for n in nodes}
     kinds = profiles.names(paths.HARDWARE_DIR / "links")
     raw_links = f.get("links", kind=list)
     if not raw_links:
         f.fail("must list at least one link", "e.g. - {nodes: [node0, node1], kind: usb4}", "links")
-    used_ports: dict[str, int] = {}
+    ends_of: dict[str, list[LinkEnd]] = {}  # node -> its ends of links, in link order
     pairs: dict[frozenset, int] = {}
     links = []
     for idx, raw in enumerate(raw_links):
-        lf = Fields(f.source, f"fabric.links[{idx}]", raw, {"nodes", "subnet", "mtu", "kind", "ports"})
+        lf = Fields(f.source, f"fabric.links[{idx}]", raw, LINK_FIELDS)
         ends = lf.strings("nodes")
         if len(ends) != 2 or ends[0] == ends[1]:
             lf.fail(f"{ends!r} must name two different nodes", "a link is one cable between two nodes", "nodes")
         for end in ends:
             if end not in by_name:
-                lf.fail(f"unknown node {end!r}", f"nodes are: {', '.join(by_name)}", "nodes")
+                lf.fail(f"unknown node {end!r}", f"link nodes listed under nodes: {_some(by_name)}", "nodes")
         pair = frozenset(ends)
         if pair in pairs:
-            lf.fail(f"{ends[0]} and {ends[1]} are already linked by fabric.links[{pairs[pair]}]", None, "nodes")
+            lf.fail(f"{ends[0]} and {ends[1]} are already linked by fabric.links[{pairs[pair]}]",
+                    "remove one of the two links", "nodes")
         pairs[pair] = idx
-        mtu = lf.get("mtu", mtu_default, int)
-        if not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
-            lf.fail(f"MTU {mtu} is out of range", f"{MTU_RANGE[0]}..{MTU_RANGE[1]} (65520 for thunderbolt-net)", "mtu")
+        mtu = _mtu(lf, mtu_default)
         kind = lf.get("kind", "usb4")
         if kind not in kinds:
             lf.fail(f"unknown link kind {kind!r}", f"choose one of: {', '.join(kinds)}", "kind")
@@ -380,27 +419,29 @@ def _fabric(top: Fields, nodes: tuple[Node, ...], control: Control) -> Fabric | 
                 lf.fail(f"{subnet} has no room for two ends", "use a /31", "subnet")
         else:  # the idx-th /31 of the prefix
             subnet = ipaddress.IPv4Network((int(prefix.network_address) + 2 * idx, 31))
-        for end in ends:
-            used_ports[end] = used_ports.get(end, 0) + 1
         a, b = (subnet[0], subnet[1]) if subnet.prefixlen == 31 else (subnet[1], subnet[2])
-        links.append(Link((LinkEnd(ends[0], a, ports[0]), LinkEnd(ends[1], b, ports[1])), subnet, mtu, kind))
-    for name, count in used_ports.items():
+        link = Link((LinkEnd(ends[0], a, ports[0]), LinkEnd(ends[1], b, ports[1])), subnet, mtu, kind)
+        links.append(link)
+        for end in link.ends:
+            ends_of.setdefault(end.node, []).append(end)
+    for name, node_ends in ends_of.items():
+        count, hw = len(node_ends), by_name[name].hardware
         fab = by_name[name].profile.fabric
         if fab is None:
-            f.fail(f"node {name} has {count} link(s), but its hardware {by_name[name].hardware} has no fabric ports",
+            f.fail(f"node {name} has {count} link(s), but its hardware {hw} has no fabric ports",
                    "add a fabric: section to the hardware profile, or remove the link", "links")
         if count > fab.ports:
-            f.fail(f"node {name} has {count} links, but its hardware {by_name[name].hardware} has {fab.ports} "
-                   "port(s)", "remove links (a 4-node ring needs 2 ports per node, a full mesh 3)", "links")
-        if count > 1 and not any("{peer}" in v for _, v in fab.match):
-            for lk in links:
-                if name in (lk.ends[0].node, lk.ends[1].node) and not lk.end(name).port:
-                    f.fail(f"node {name} has {count} links: each end needs its port ({fab.port_key})",
-                           "add ports: [<end 0>, <end 1>] to its links", "links")
-    members = [n.name for n in nodes if n.name in used_ports]
-    if 2 * len(links) + len(members) + 2 > prefix.num_addresses:
-        f.fail(f"{prefix} is too small for {len(links)} links and {len(members)} node addresses", "use a /24",
-               "prefix")
+            f.fail(f"node {name} has {count} links, but its hardware {hw} has {fab.ports} port(s)",
+                   f"remove {count - fab.ports} of its links; a ring needs 2 ports per node, a 4-node full mesh 3",
+                   "links")
+        if count > 1 and not any("{peer}" in v for _, v in fab.match) and not all(e.port for e in node_ends):
+            f.fail(f"node {name} has {count} links: each end needs its port ({fab.port_key})",
+                   "add ports: [<end 0>, <end 1>] to its links", "links")
+    members = [n.name for n in nodes if n.name in ends_of]
+    needed = 2 * len(links) + len(members) + 2
+    if needed > prefix.num_addresses:
+        f.fail(f"{prefix} is too small for {len(links)} links and {len(members)} node addresses",
+               f"use a /{32 - math.ceil(math.log2(needed))} or larger", "prefix")
     top_addr = int(prefix.broadcast_address) - 1
     addresses = tuple((name, ipaddress.IPv4Address(top_addr - i)) for i, name in enumerate(members))
     _check_fabric_space(f, prefix, links, addresses, control)
@@ -417,8 +458,17 @@ def _check_fabric_space(f: Fields, prefix, links: list[Link], addresses, control
     spans.sort()
     for (_, e0, what0), (s1, _, what1) in zip(spans, spans[1:], strict=False):
         if s1 <= e0:
-            f.fail(f"{what1} overlaps {what0}", f"give links their own /31s, or a larger prefix than {prefix}",
+            f.fail(f"{what1} overlaps {what0}",
+                   f"give each link a subnet of its own, or leave subnet: out to take the next /31 of {prefix}",
                    "links")
+
+
+def _mtu(f: Fields, default: int) -> int:
+    mtu = f.get("mtu", default, int)
+    if not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
+        f.fail(f"{mtu} is out of range", f"use {MTU_RANGE[0]}..{MTU_RANGE[1]}; thunderbolt-net links use {DEFAULT_MTU}",
+               "mtu")
+    return mtu
 
 
 def parse(data: Any, source: Path) -> Inventory:
@@ -447,10 +497,11 @@ def read_public_key(path: Path, src: Path) -> str:
     hint = f"create one with `ssh-keygen -t ed25519` or set admin.ssh_public_key in {src}"
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{src}: admin.ssh_public_key: {path} does not exist", hint) from None
     except OSError as e:
-        raise UserError(f"{src}: admin.ssh_public_key: cannot read {path}: {e.strerror}", hint) from None
+        why = {errno.ENOENT: "does not exist", errno.ENOTDIR: "does not exist (a part of it is a file)",
+               errno.EISDIR: "is a directory, not a key file", errno.EACCES: "is not readable by you",
+               errno.ENAMETOOLONG: "is too long to be a path"}.get(e.errno, f"cannot be read ({e.strerror})")
+        raise UserError(f"{src}: admin.ssh_public_key: {path} {why}", hint) from None
     text = data.decode("utf-8", errors="replace").strip()
     if not PUBKEY_RE.match(text):
         private = "PRIVATE KEY" in text
@@ -471,7 +522,11 @@ def resolve_path(path: str | Path | None) -> Path:
 def load(path: str | Path | None = None) -> Inventory:
     """Read and validate the inventory file and the admin's public key it names."""
     src = resolve_path(path).expanduser().absolute()
-    if not src.is_file():
+    try:
+        found = src.is_file()
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise UserError(f"inventory {str(src)[:200]!r}: {e.strerror}", "pass the path of a cluster.yml") from None
+    if not found:
         raise UserError(f"inventory {src} not found",
                         "copy cluster.example.yml to cluster.yml and edit it, or pass --inventory PATH")
     inv = parse(yamlfile.load(src), src)

@@ -95,7 +95,7 @@ def role_exists(role: str) -> bool:
 def _min_kernel(f: Fields, key: str) -> str:
     value = f.get(key)
     if not KERNEL_RE.match(value):
-        f.fail(f"{value!r} is not a kernel series", "write it like \"6.2\" (quoted)", key)
+        f.fail(f"{value!r} is not a kernel series", "write it like \"6.2\", in quotes", key)
     return value
 
 
@@ -110,7 +110,9 @@ def hardware(name: str) -> HardwareProfile:
     roles = f.strings("roles", [])
     for i, role in enumerate(roles):
         if not role_exists(role):
-            f.fail(f"role {role!r} does not exist", f"roles live in {paths.PLAYBOOKS_DIR / 'roles'}", f"roles[{i}]")
+            known = sorted(p.parent.name for p in (paths.PLAYBOOKS_DIR / "roles").glob("*/tasks/main.yml"))
+            f.fail(f"role {role!r} does not exist in {paths.PLAYBOOKS_DIR / 'roles'}",
+                   f"remove it or write the role; roles there: {', '.join(known)}", f"roles[{i}]")
     distro_name = f.get("distro", None)
     if distro_name is not None and distro_name not in names(paths.DISTRO_DIR):
         f.fail(f"unknown distro profile {distro_name!r}", f"choose one of: {', '.join(names(paths.DISTRO_DIR))}",

@@ -14,11 +14,13 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fabric import topology
 from onedotzero import profiles
 from onedotzero.inventory import Inventory, Node
 
 BASE_ROLES = ("base", "netroot", "wol")  # every golden image, in this order
 IMAGE_ONLY_ROLES = frozenset({"netroot"})  # image builds only: it deletes the tree's SSH host keys
+SHARED_ROLES = ("packages",)  # included by other roles: part of every image, whatever its role list
 
 
 @dataclass(frozen=True, order=True)
@@ -86,13 +88,17 @@ def _wol(inv: Inventory, nodes: tuple[Node, ...]) -> dict:
 
 
 def _fabric(inv: Inventory, nodes: tuple[Node, ...]) -> dict:
-    from fabric import topology  # the fabric's own package: addresses, interface matches, routes
-
     return topology.role_vars(inv, nodes)
+
+
+def _gpu_users(role: str) -> Callable[[Inventory, tuple[Node, ...]], dict]:
+    """GPU roles put the admin in the device groups."""
+    return lambda inv, nodes: {f"{role}_users": [inv.admin.user]}
 
 
 ROLE_VARS: dict[str, Callable[[Inventory, tuple[Node, ...]], dict]] = {
     "base": _base, "netroot": _netroot, "wol": _wol, "fabric": _fabric,
+    **{role: _gpu_users(role) for role in ("intel_arc", "amd_gpu", "soft_gpu")},
 }
 
 

@@ -21,9 +21,9 @@ class Fields:
                  example: str = "cluster.example.yml"):
         self.source, self.where, self.example = source, where, example
         if isinstance(data, Implicit) or not isinstance(data, dict):
-            shown = data.text if isinstance(data, Implicit) else type(data).__name__
-            self.fail(f"must be a mapping, got {shown}")
-        unknown = sorted(set(data) - set(known))
+            shown = repr(data.text) if isinstance(data, Implicit) else _article(type(data))
+            self.fail(f"must be a mapping, got {shown}", _example(dict))
+        unknown = sorted(data.keys() - known)
         if unknown:
             self.fail(f"unknown field {unknown[0]!r}", f"known fields: {', '.join(sorted(known))}")
         self.data = data
@@ -52,11 +52,16 @@ class Fields:
         if isinstance(value, Implicit):
             if kind is bool and isinstance(value.value, bool):
                 return value.value
-            if kind in (int, float) and not isinstance(value.value, bool) and isinstance(value.value, (int, float)):
+            if kind is int and type(value.value) is int or kind is float and type(value.value) in (int, float):
                 return kind(value.value)
-            self.fail(f"{value.text} is read by YAML as {value.kind}", f"quote it: '{value.text}'", key)
+            if kind is str:
+                self.fail(f"{value.text} is read by YAML as {value.kind}", f"quote it: '{value.text}'", key)
+            self.fail(f"{value.text} must be {_article(kind)}", _example(kind), key)
         if not isinstance(value, kind):
-            self.fail(f"{value!r} must be {_article(kind)}", None, key)
+            if not isinstance(value, str):
+                self.fail(f"is {_article(type(value))}, not {_article(kind)}", _example(kind), key)
+            hint = "write it without quotes" if _reads_as(value, kind) else _example(kind)
+            self.fail(f"{value!r} must be {_article(kind)}", hint, key)
         return value
 
     def strings(self, key: str, default: Any = MISSING) -> list[str]:
@@ -86,10 +91,29 @@ class Fields:
     def choice(self, key: str, choices: tuple[str, ...] | list[str], default: Any = MISSING) -> str:
         value = self.get(key, default)
         if value not in choices:
-            self.fail(f"{value!r} is not one of {', '.join(choices)}", None, key)
+            self.fail(f"{value!r} is not a known value", f"choose one of: {', '.join(choices)}", key)
         return value
 
 
 def _article(kind: type) -> str:
     return {str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list",
-            dict: "a mapping"}.get(kind, f"a {kind.__name__}")
+            dict: "a mapping", type(None): "empty"}.get(kind, f"a {kind.__name__}")
+
+
+def _example(kind: type) -> str:
+    return {str: "write it in quotes", int: "e.g. 65520", float: "e.g. 1.5", bool: "true or false",
+            list: "e.g. [a, b] or one `- item` per line", dict: "e.g. {key: value} or one `key: value` per line"
+            }.get(kind, f"see {kind.__name__}")
+
+
+def _reads_as(text: str, kind: type) -> bool:
+    """Whether a quoted value would be of kind without its quotes ("65520" for an int)."""
+    if kind is bool:
+        return text.lower() in ("true", "false")
+    if kind not in (int, float):
+        return False
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True

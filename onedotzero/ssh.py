@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -86,3 +87,27 @@ def parallel(fn: Callable[[Node], T], nodes: list[Node], limit: int = 64) -> lis
         return []
     with ThreadPoolExecutor(max_workers=min(limit, len(nodes))) as pool:
         return list(pool.map(fn, nodes))
+
+
+def stream(inv: Inventory, nodes: list[Node], command: str, emit: Callable[[str, str], None],
+           timeout: float | None = None) -> dict[str, int]:
+    """Run command on every node at once; emit(node, line) for each line of output as it arrives (stdout and
+    stderr merged, in order per node). Returns each node's exit code (UNREACHABLE when ssh could not connect,
+    or when it ran past timeout)."""
+    codes: dict[str, int] = {}
+
+    def one(node: Node) -> None:
+        proc = subprocess.Popen(argv(inv, node, command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1)
+        timer = threading.Timer(timeout, proc.kill) if timeout else None
+        if timer:
+            timer.start()
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            emit(node.name, line.rstrip("\n"))
+        codes[node.name] = proc.wait()
+        if timer:
+            timer.cancel()
+
+    parallel(one, nodes)
+    return {n.name: codes[n.name] for n in nodes}

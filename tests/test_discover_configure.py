@@ -45,15 +45,19 @@ def test_configure_refuses_while_a_node_is_down(inventory_file, monkeypatch):
 
 
 @pytest.mark.parametrize("names", [(), ("node0",)])
-def test_configure_runs_the_playbook_on_the_selected_nodes(inventory_file, monkeypatch, names):
-    from onedotzero import ansible
+def test_configure_runs_the_playbook_on_the_selected_nodes_then_their_checks(inventory_file, monkeypatch, names):
+    from onedotzero import acceptance, ansible, compute
 
     monkeypatch.setattr(power, "status", lambda inv, nodes: [power.NodeStatus(n.name, True) for n in nodes])
-    calls = []
+    calls, checked = [], []
     monkeypatch.setattr(ansible, "playbook", lambda inv, name, limit, netns=None: calls.append((name, limit)) or
                         [ansible.HostRecap(h, 9, 0, 0, 0) for h in limit])
+    monkeypatch.setattr(compute, "check", lambda inv, nodes: checked.append([n.name for n in nodes]) or [
+        acceptance.NodeCheck(n.name, [acceptance.Item("kernel", True, "6.1.0", ">= 5.10")]) for n in nodes])
     result = CliRunner().invoke(cluster.cli, ["-i", str(inventory_file), "compute", "configure", *names])
     assert result.exit_code == 0, result.output
     expected = list(names) or ["node0", "node1"]
-    assert calls == [("compute.yml", expected)]
-    assert result.output.splitlines() == [f"{h}: ok=9 changed=0" for h in expected]
+    assert calls == [("compute.yml", expected)] and checked == [expected], "the playbook, then the checks"
+    assert result.output.splitlines()[:len(expected)] == [f"{h}: ok=9 changed=0" for h in expected]
+    assert result.output.splitlines()[len(expected)].split() == ["NODE", "KERNEL", "OPENCL", "VULKAN", "RENDER",
+                                                                 "RESULT"]

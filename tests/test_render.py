@@ -151,14 +151,14 @@ def test_each_node_boots_its_own_image_and_its_own_live_seed(tmp_path):
 def test_a_golden_image_of_another_kind_is_refused(tmp_path):
     inv = make_store_inventory(tmp_path)
     with pytest.raises(UserError, match=f"golden@{VERSION_B} is the ubuntu-22.04 image; node0 .* boots "
-                                        r"ubuntu-22.04\+fabric"):
+                                        r"ubuntu-22.04\+intel_arc\+fabric"):
         selection.point(inv, ref(f"golden@{VERSION_B}"), ["node0"])
 
 
 def test_menu_offers_every_image_of_the_inventory(tmp_path):
     inv = make_store_inventory(tmp_path)
     menu = render.boot_files(inv, Store(inv.image.store))["boot/menu.ipxe"]
-    assert f"golden {VERSION} (ubuntu-22.04+fabric" in menu and f"golden {VERSION_B} (ubuntu-22.04," in menu
+    assert f"golden {VERSION} (ubuntu-22.04+intel_arc+fabric" in menu and f"golden {VERSION_B} (ubuntu-22.04," in menu
     assert "Install" not in menu, "no install entry for machines without a pinned disk"
 
 
