@@ -13,7 +13,7 @@ APT_PACKAGES := python3-venv rsync openssh-client openssh-server gpg gpg-agent i
 	dnsmasq-base nginx-light nfs-ganesha nfs-ganesha-vfs rpcbind \
 	pxelinux syslinux-common syslinux-efi ipxe \
 	qemu-system-x86 qemu-utils ovmf ipxe-qemu procps psmisc \
-	systemd-container iperf3
+	systemd-container iperf3 nftables
 
 .PHONY: help setup apt venv test test-unit test-integration lint image image-live control demo testbed-up testbed-down clean
 help:  ## List targets

@@ -10,7 +10,9 @@ Execution flow (build_image shows it too):
   4. configure_tree   in chroot: playbooks/image.yml via community.general.chroot, in two layers:
                         configure  the base roles (base, netroot, wol)  (cached as configure-<key>, shared
                                    by every image of the distribution: their variables are the same)
-                        roles      the image's own roles (hardware, fabric, ...)  (cached as roles-<key>)
+                        roles      the image's own roles (hardware, fabric, engines)  (cached as roles-<key>);
+                                   engines the roles install are built first as cached artefacts, in a chroot
+                                   of the base tree (inference/artifacts.py, ensure_artifacts)
   5. clean_tree       on host: caches, logs, build-host traces; stamps /etc/onedotzero-release
   6. verify_tree      on host: pytest-testinfra --connection=chroot (image/checks/); failure stops the build
   7. export_image     on host: filesystem.squashfs (without /boot), vmlinuz, initrd.img, packages, manifest
@@ -41,6 +43,7 @@ from pathlib import Path
 from debian import deb822
 
 from image.store import Boot, ImageRef, Manifest, Store, Version, utc_now, version_name
+from inference import artifacts
 from onedotzero import inventory as inv_mod
 from onedotzero import paths, profiles, roles
 from onedotzero.errors import UserError
@@ -301,6 +304,26 @@ def configure_tree(ctx: Context, layer: tuple[str, ...], stage: str) -> None:
         )
 
 
+def ensure_artifacts(ctx: Context, inputs: dict) -> None:
+    """Runs on the host and in a chroot of the base tree. In: the engines the image's roles install. Out: each one's
+    artefact in the cache (built only when missing: its key is the engine's version, backend, flags, distribution)."""
+    cfg = ctx.cfg
+    for build, out in artifacts.needed(cfg.spec.roles, cfg.playbook_vars):
+        if out.is_file():
+            continue
+        log.info("%s %s (%s): building the artefact %s", build.engine, build.version, build.backend, out.name)
+        source = artifacts.fetch_source(build, cfg.cache.parent / "downloads")
+        side = Context(cfg, ctx.workspace / f"artifact-{build.engine}", ctx.keys, ctx.version)
+        side.workspace.mkdir(parents=True, exist_ok=True)
+        if not restore(side, "base"):
+            bootstrap_base(side)
+            save(side, "base", inputs["base"])
+        with chroot_env(side.rootfs):
+            artifacts.build(build, cfg.distro, side.rootfs, source, out, cfg.jobs)
+        shutil.rmtree(side.workspace, ignore_errors=True)
+        ctx.ran.append(f"artifact:{build.engine}")
+
+
 def clean_tree(ctx: Context) -> None:
     """Runs on the host. In: configured ctx.rootfs. Out: no caches, logs, keys or build-host traces; stamped."""
     r = ctx.rootfs
@@ -409,6 +432,9 @@ def build_image(cfg: GoldenConfig, store: Store) -> Built:
     keys = stage_keys(inputs)
     existing = store.find_by_input(KIND, keys["export"])
     if existing:
+        if not all(p.is_file() for _, p in artifacts.needed(cfg.spec.roles, cfg.playbook_vars)):
+            with store.staging(KIND) as workspace:  # an emptied cache: `compute configure` needs them too
+                ensure_artifacts(Context(cfg, workspace, keys, existing.name), inputs)
         return Built(cfg.spec, existing, ())
     log.info("image %s (for %s):", cfg.spec.label, ", ".join(cfg.profiles) or "-")
     with store.staging(KIND) as workspace:
@@ -420,6 +446,7 @@ def build_image(cfg: GoldenConfig, store: Store) -> Built:
             ctx.durations[name] = round(time.monotonic() - start, 1)
 
         own = cfg.spec.own_roles
+        timed("artifacts", ensure_artifacts, ctx, inputs)
         if not (own and restore(ctx, "roles")):
             if not restore(ctx, "configure"):
                 if not restore(ctx, "base"):
@@ -451,8 +478,8 @@ def _up_to_date(cfgs: list[GoldenConfig], store: Store) -> list[Built] | None:
     found = []
     for cfg in cfgs:
         v = store.find_by_input(KIND, stage_keys(stage_inputs(cfg))["export"])
-        if v is None:
-            return None
+        if v is None or not all(p.is_file() for _, p in artifacts.needed(cfg.spec.roles, cfg.playbook_vars)):
+            return None  # configure at runtime copies the artefacts too: a missing one is rebuilt
         found.append(Built(cfg.spec, v, ()))
     return found
 

@@ -4,6 +4,7 @@ Whole-file Jinja templates under netboot/templates mirror their target paths:
   etc/..., usr/...  service drop-ins, deployed under a root directory (/ on the control node)
   boot/...          iPXE scripts, written into the image store (served by nginx)
   tftp/...          pxelinux files, written into the store's TFTP root
+  chat/             the chat page (inference/chat), into the store, when the inventory has an inference section
 Service drop-ins end with a checksum line: a deploy that finds a file whose content no longer matches it
 (an operator's edit) keeps a backup under /var/backups/onedotzero and says so before replacing it.
 `deploy` is the one render-and-write sequence; `cluster.py netboot render`, the virtual cluster and the
@@ -38,6 +39,7 @@ SERVICE_FILES = {
     "nfs": "etc/exports.d/onedotzero.exports",
     "ganesha": "etc/ganesha/onedotzero.conf",
     "tftp-hook": "usr/local/libexec/onedotzero-tftp-done",  # dnsmasq's dhcp-script: ends `boot --once`
+    "firewall": "etc/onedotzero/firewall.nft",  # nothing from other networks opens connections to nodes
 }
 EXECUTABLE = {SERVICE_FILES["tftp-hook"]}
 # Boot loaders copied into the TFTP root, from Debian/Ubuntu packages (pxelinux, syslinux-common, ipxe).
@@ -51,6 +53,7 @@ LOADERS = {
     "ipxe.efi": "/usr/lib/ipxe/ipxe.efi",
 }
 CHECKSUM_MARK = "# onedotzero-sha256: "  # the last line of every service drop-in
+CHAT_PAGE = paths.REPO / "inference" / "chat" / "index.html"  # served by nginx from the store at /chat/
 BACKUP_DIR = "var/backups/onedotzero"  # under the deploy root
 
 _env = jinja2.Environment(
@@ -164,6 +167,8 @@ def service_files(inv: Inventory, opts: RenderOptions = RenderOptions()) -> dict
         "proxy_dhcp": opts.proxy_dhcp,
         "nginx_log_dir": opts.nginx_log_dir,
         "tftp_hook": os.path.join(opts.deploy_root, SERVICE_FILES["tftp-hook"]),
+        "inference": inv.inference,
+        "head_ip": inv.node(inv.inference.head).ip if inv.inference else None,
     }
     return {rel: seal(render(f"{rel}.j2", **ctx)) for rel in SERVICE_FILES.values()}
 
@@ -172,8 +177,10 @@ def boot_files(inv: Inventory, store: Store) -> dict[str, str]:
     """Menus shared by all machines and the live images' cloud-init seeds, keyed by path relative to the store."""
     entries, default = menu_entries(inv, store)
     ctx = {"cluster": inv.cluster, "control": inv.control, "entries": entries, "default": default}
+    chat = {"chat/index.html": CHAT_PAGE.read_text()} if inv.inference else {}
     return {
         **seed_mod.seed_files(inv),
+        **chat,
         "boot/default.ipxe": render("boot/default.ipxe.j2", **ctx),
         "boot/menu.ipxe": render("boot/menu.ipxe.j2", **ctx),
         "tftp/pxelinux.cfg/default": render("tftp/pxelinux.cfg/default.j2", **ctx),

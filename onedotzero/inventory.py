@@ -24,6 +24,7 @@ from onedotzero import paths, profiles, yamlfile
 from onedotzero.errors import UserError
 from onedotzero.schema import Fields
 
+IPv4 = ipaddress.IPv4Address
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # Linux IFNAMSIZ is 16 including the NUL
@@ -33,6 +34,11 @@ PUBKEY_RE = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+) [A-
 # Key text pasted where a path goes: "<type> <base64> [comment]", or the base64 alone (an SSH key blob starts
 # with the 4-byte length of its type name: "AAAA").
 KEY_TEXT_RE = re.compile(r"^\s*((ssh-|ecdsa-|sk-)\S*\s+[A-Za-z0-9+/=]{16,}|AAAA[A-Za-z0-9+/]{40,})")
+LABEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,16}$")  # an ext4 label
+SERIAL_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+# udev names by-id links <bus>-<ID_SERIAL> (60-persistent-storage.rules) and by-path links after ID_PATH.
+BY_ID_RE = re.compile(r"^/dev/disk/by-id/(ata|nvme|scsi|usb|mmc)-([^/]+)$")
+BY_PATH_RE = re.compile(r"^/dev/disk/by-path/([^/]+)$")
 # Paths that nginx, NFS exports, ganesha and dnsmasq configs all carry as written, unquoted.
 SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._+/-]*$")
 ROOT_MODES = ("nfs", "http")
@@ -169,6 +175,24 @@ class Fabric:
 
 
 @dataclass(frozen=True)
+class InferenceSettings:
+    """The engine across the nodes (`cluster.py inference`): which engine and model, which node leads."""
+
+    engine: str  # the one `inference up` starts: llama_cpp or vllm
+    engines: tuple[str, ...]  # what the serving nodes' images carry (the engine, and any to switch to)
+    model: str  # a models-store reference: name or name@version
+    head: str  # the node that serves the API (llama-server / vLLM rank 0)
+    workers: tuple[str, ...]  # nodes that compute for it over the fabric (RPC workers / vLLM ranks)
+    context: int  # tokens of context per request
+    port: int  # the control node's endpoint: /v1/ and /chat/
+    engine_port: int  # the head's server, on the cluster network (nginx is its client)
+    rpc_port: int  # the workers' RPC, on their fabric addresses only
+    threads: int  # CPU threads per engine process
+    api_key_file: Path | None = None  # on the control node: a key clients must send (Bearer)
+    debug: bool = False  # workers log every computation (evidence of the split; noisy)
+
+
+@dataclass(frozen=True)
 class Inventory:
     path: Path
     cluster: str
@@ -177,6 +201,7 @@ class Inventory:
     admin: Admin
     image: ImageSettings
     fabric: Fabric | None = None
+    inference: InferenceSettings | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
     def node(self, name: str) -> Node:
@@ -264,11 +289,11 @@ def _image(top: Fields, base: Path) -> ImageSettings:
     if root not in ROOT_MODES:
         i.fail(f"{root!r} is not a root mode", f"choose one of: {', '.join(ROOT_MODES)}", "root")
     label = i.get("models_label", "models")
-    if not re.match(r"^[A-Za-z0-9_-]{1,16}$", label):
+    if not LABEL_RE.match(label):
         i.fail(f"{label!r} is not a usable filesystem label", "1-16 letters, digits, '-' or '_'", "models_label")
     store = _expand(i.get("store", "/srv/onedotzero"), base)
-    bad = sorted(set(re.sub(r"[A-Za-z0-9._+/-]", "", str(store))))
     if not SAFE_PATH_RE.match(str(store)):
+        bad = sorted(set(re.sub(r"[A-Za-z0-9._+/-]", "", str(store))))
         shown = ", ".join(repr(ch) for ch in bad) or "a relative part"
         i.fail(f"{str(store)!r} contains {shown}, which the rendered nginx, NFS and dnsmasq configs cannot carry",
                "use a path of letters, digits and . _ + - /", "store")
@@ -305,18 +330,17 @@ def _install_disk(n: Fields, models_disk: str) -> InstallDisk | None:
     if isinstance(raw, dict):
         d = n.mapping("install_disk", {"serial"})
         serial = d.get("serial")
-        if not re.match(r"^[A-Za-z0-9_.:-]{1,128}$", serial):
+        if not SERIAL_RE.match(serial):
             d.fail(f"{serial!r} is not a disk serial number", "as `udevadm info -q property` shows ID_SERIAL", "serial")
         return InstallDisk(f"serial {serial}", "serial", serial)
     path = n.get("install_disk")
     if path == models_disk:
         n.fail(f"{path} is also the models disk", "the install would erase /models: pick the other disk",
                "install_disk")
-    # udev names by-id links <bus>-<ID_SERIAL> (60-persistent-storage.rules) and by-path links after ID_PATH.
-    if m := re.match(r"^/dev/disk/by-id/(ata|nvme|scsi|usb|mmc)-([^/]+)$", path):
+    if m := BY_ID_RE.match(path):
         if not m[2].startswith(("eui.", "nvme.")):
             return InstallDisk(path, "serial", m[2])
-    if m := re.match(r"^/dev/disk/by-path/([^/]+)$", path):
+    if m := BY_PATH_RE.match(path):
         return InstallDisk(path, "id_path", m[1])
     n.fail(f"{path!r} is not a stable disk name the installer can match (kernel names like /dev/nvme0n1 can "
            "swap between boots; wwn-/eui. links name no serial)", hint, "install_disk")
@@ -325,11 +349,11 @@ def _install_disk(n: Fields, models_disk: str) -> InstallDisk | None:
 def _nodes(top: Fields, control: Control) -> tuple[Node, ...]:
     raw_nodes = top.get("nodes", kind=list)
     if not raw_nodes:
-        top.fail("must list at least one compute node", None, "nodes")
+        top.fail("must list at least one compute node", "e.g. - {name: node0, mac: \"8c:ae:4c:f4:4e:21\", "
+                 "ip: 192.168.1.10, hardware: intel-arc}", "nodes")
     subnet, (first, last) = control.subnet, control.dhcp_range
     known_hw = set(profiles.names(paths.HARDWARE_DIR))
-    taken: dict[tuple[str, Any], tuple[int, str]] = {("name", control.name): (-1, "the control node"),
-                                                     ("ip", control.address): (-1, "the control node")}
+    taken: dict[tuple[str, Any], int] = {("name", control.name): -1, ("ip", control.address): -1}  # -> node index
     nodes = []
     for idx, raw in enumerate(raw_nodes):
         n = Fields(top.source, f"nodes[{idx}]", raw, NODE_FIELDS)
@@ -359,8 +383,9 @@ def _nodes(top: Fields, control: Control) -> tuple[Node, ...]:
         if disk and not disk.startswith("/dev/"):
             n.fail(f"{disk!r} is not a device path", "e.g. /dev/nvme0n1 or /dev/disk/by-id/...", "models_disk")
         for attr, value in (("name", name), ("mac", mac), ("ip", ip)):
-            owner, label = taken.setdefault((attr, value), (idx, f"node {name!r}"))
+            owner = taken.setdefault((attr, value), idx)
             if owner != idx:
+                label = "the control node" if owner < 0 else f"node {nodes[owner].name!r}"
                 n.fail(f"{value} is already used by {label}", "every node needs its own", attr)
         nodes.append(Node(name, mac, ip, hw, disk, _install_disk(n, disk)))
     return tuple(nodes)
@@ -390,6 +415,7 @@ def _fabric(top: Fields, nodes: tuple[Node, ...], control: Control) -> Fabric | 
     if not raw_links:
         f.fail("must list at least one link", "e.g. - {nodes: [node0, node1], kind: usb4}", "links")
     ends_of: dict[str, list[LinkEnd]] = {}  # node -> its ends of links, in link order
+    first_auto = int(prefix.network_address)
     pairs: dict[frozenset, int] = {}
     links = []
     for idx, raw in enumerate(raw_links):
@@ -418,9 +444,10 @@ def _fabric(top: Fields, nodes: tuple[Node, ...], control: Control) -> Fabric | 
             if subnet.num_addresses < 2:
                 lf.fail(f"{subnet} has no room for two ends", "use a /31", "subnet")
         else:  # the idx-th /31 of the prefix
-            subnet = ipaddress.IPv4Network((int(prefix.network_address) + 2 * idx, 31))
-        a, b = (subnet[0], subnet[1]) if subnet.prefixlen == 31 else (subnet[1], subnet[2])
-        link = Link((LinkEnd(ends[0], a, ports[0]), LinkEnd(ends[1], b, ports[1])), subnet, mtu, kind)
+            subnet = ipaddress.IPv4Network((first_auto + 2 * idx, 31))
+        a = int(subnet.network_address) + (subnet.prefixlen != 31)  # a /31's two addresses, else the first hosts
+        link = Link((LinkEnd(ends[0], IPv4(a), ports[0]), LinkEnd(ends[1], IPv4(a + 1), ports[1])), subnet, mtu,
+                    kind)
         links.append(link)
         for end in link.ends:
             ends_of.setdefault(end.node, []).append(end)
@@ -443,22 +470,33 @@ def _fabric(top: Fields, nodes: tuple[Node, ...], control: Control) -> Fabric | 
         f.fail(f"{prefix} is too small for {len(links)} links and {len(members)} node addresses",
                f"use a /{32 - math.ceil(math.log2(needed))} or larger", "prefix")
     top_addr = int(prefix.broadcast_address) - 1
-    addresses = tuple((name, ipaddress.IPv4Address(top_addr - i)) for i, name in enumerate(members))
+    addresses = tuple((name, IPv4(top_addr - i)) for i, name in enumerate(members))
     _check_fabric_space(f, prefix, links, addresses, control)
     return Fabric(prefix, tuple(links), addresses, f.get("min_gbits", 1.0, float))
 
 
 def _check_fabric_space(f: Fields, prefix, links: list[Link], addresses, control: Control) -> None:
-    """No two link subnets, node addresses or the cluster subnet overlap (a sorted sweep: n log n)."""
-    spans = [(int(lk.subnet.network_address), int(lk.subnet.broadcast_address), f"links[{i}] {lk.subnet}")
-             for i, lk in enumerate(links)]
-    spans += [(int(a), int(a), f"{name}'s fabric address {a}") for name, a in addresses]
-    spans.append((int(control.subnet.network_address), int(control.subnet.broadcast_address),
-                  f"the cluster subnet {control.subnet}"))
+    """No two link subnets, node addresses or the cluster subnet overlap (a sorted sweep: n log n).
+
+    Spans are (first, last, what, index) as plain ints; the words for a message are made only for a failure."""
+    def span(net: ipaddress.IPv4Network, what: int, index: int) -> tuple[int, int, int, int]:
+        first = int(net.network_address)
+        return first, first + (1 << (32 - net.prefixlen)) - 1, what, index
+
+    spans = [span(lk.subnet, 0, i) for i, lk in enumerate(links)]
+    spans += [(int(a), int(a), 1, i) for i, (_, a) in enumerate(addresses)]
+    spans.append(span(control.subnet, 2, 0))
     spans.sort()
-    for (_, e0, what0), (s1, _, what1) in zip(spans, spans[1:], strict=False):
+
+    def label(what: int, index: int) -> str:
+        if what == 0:
+            return f"links[{index}] {links[index].subnet}"
+        return f"{addresses[index][0]}'s fabric address {addresses[index][1]}" if what == 1 else \
+            f"the cluster subnet {control.subnet}"
+
+    for (_, e0, what0, i0), (s1, _, what1, i1) in zip(spans, spans[1:], strict=False):
         if s1 <= e0:
-            f.fail(f"{what1} overlaps {what0}",
+            f.fail(f"{label(what1, i1)} overlaps {label(what0, i0)}",
                    f"give each link a subnet of its own, or leave subnet: out to take the next /31 of {prefix}",
                    "links")
 
@@ -471,10 +509,64 @@ def _mtu(f: Fields, default: int) -> int:
     return mtu
 
 
+ENGINE_NAMES = ("llama_cpp", "vllm")
+
+
+def _inference(top: Fields, nodes: tuple[Node, ...], fabric: Fabric | None, base: Path) -> InferenceSettings | None:
+    f = top.mapping("inference", {"engine", "engines", "model", "head", "workers", "context", "port", "engine_port",
+                                  "rpc_port", "threads", "api_key_file", "debug"}, None)
+    if f is None:
+        return None
+    engine = f.choice("engine", ENGINE_NAMES, "llama_cpp")
+    engines = tuple(f.strings("engines", [engine]))
+    for i, e in enumerate(engines):
+        if e not in ENGINE_NAMES:
+            f.fail(f"{e!r} is not an engine", f"choose from: {', '.join(ENGINE_NAMES)}", f"engines[{i}]")
+    if engine not in engines:
+        f.fail(f"the engine {engine} is not among engines {list(engines)}", "add it: the images must carry it",
+               "engines")
+    model = f.get("model")
+    if not re.match(r"^[a-z0-9][a-z0-9._-]{0,63}(@\d{8}T\d{6}Z-[0-9a-f]{8})?$", model):
+        f.fail(f"{model!r} is not a model reference", "a models-store name, e.g. tiny-chat or tiny-chat@<version> "
+               "(`cluster.py models list`)", "model")
+    names = {n.name for n in nodes}
+    head = f.get("head")
+    if head not in names:
+        f.fail(f"unknown node {head!r}", f"nodes are: {', '.join(sorted(names))}", "head")
+    workers = tuple(f.strings("workers", []))
+    seen = {head}
+    for i, w in enumerate(workers):
+        if w not in names:
+            f.fail(f"unknown node {w!r}", f"nodes are: {', '.join(sorted(names))}", f"workers[{i}]")
+        if w in seen:
+            f.fail(f"{w} is listed twice (the head and the workers are different nodes)", None, f"workers[{i}]")
+        seen.add(w)
+    if workers and (fabric is None or any(fabric.address(n) is None for n in (head, *workers))):
+        f.fail("workers compute over the fabric, but not every serving node has a fabric link",
+               "add fabric: links between the head and the workers", "workers")
+    ports = {}
+    for key, default in (("port", 8000), ("engine_port", 8080), ("rpc_port", 50052)):
+        value = f.get(key, default, int)
+        if not 1 <= value <= 65535:
+            f.fail(f"{value} is not a port", "1..65535", key)
+        if value in ports.values():
+            f.fail(f"{value} is also {next(k for k, v in ports.items() if v == value)}", "give each its own", key)
+        ports[key] = value
+    context = f.get("context", 4096, int)
+    if context < 128:
+        f.fail(f"{context} tokens of context", "at least 128", "context")
+    threads = f.get("threads", 4, int)
+    if threads < 1:
+        f.fail(f"{threads} threads", "at least 1", "threads")
+    key_file = _expand(f.get("api_key_file"), base) if f.has("api_key_file") else None
+    return InferenceSettings(engine, engines, model, head, workers, context, ports["port"], ports["engine_port"],
+                             ports["rpc_port"], threads, key_file, f.get("debug", False, bool))
+
+
 def parse(data: Any, source: Path) -> Inventory:
     """Validate the YAML data of an inventory (pure: reads no file); source names the file in messages."""
     base = source.parent
-    top = Fields(source, "", data, {"cluster", "control", "nodes", "admin", "image", "fabric", "extra"})
+    top = Fields(source, "", data, {"cluster", "control", "nodes", "admin", "image", "fabric", "inference", "extra"})
     cluster = top.get("cluster", "onedotzero")
     if not HOSTNAME_RE.match(cluster):
         top.fail(f"{cluster!r} is not a valid cluster name", "lower-case letters, digits and '-'", "cluster")
@@ -484,7 +576,9 @@ def parse(data: Any, source: Path) -> Inventory:
     nodes = _nodes(top, control)
     _check_kernels(top, nodes, image)
     fabric = _fabric(top, nodes, control)
-    return Inventory(source, cluster, control, nodes, admin, image, fabric, yamlfile.plain(top.get("extra", {}, dict)))
+    inference = _inference(top, nodes, fabric, base)
+    return Inventory(source, cluster, control, nodes, admin, image, fabric, inference,
+                     yamlfile.plain(top.get("extra", {}, dict)))
 
 
 def _expand(path: str, base: Path) -> Path:
@@ -529,7 +623,8 @@ def load(path: str | Path | None = None) -> Inventory:
     if not found:
         raise UserError(f"inventory {src} not found",
                         "copy cluster.example.yml to cluster.yml and edit it, or pass --inventory PATH")
-    inv = parse(yamlfile.load(src), src)
+    with yamlfile.paused_gc():  # tens of thousands of objects, no cycles: linear without the collector's passes
+        inv = parse(yamlfile.load(src), src)
     key = read_public_key(inv.admin.ssh_public_key_path, src)
     return dataclasses.replace(inv, admin=dataclasses.replace(inv.admin, ssh_public_key=key))
 
@@ -561,6 +656,14 @@ def to_dict(inv: Inventory) -> dict:
             "addresses": {name: str(a) for name, a in fab.addresses},
             "links": [{"nodes": [e.node for e in lk.ends], "subnet": str(lk.subnet), "mtu": lk.mtu, "kind": lk.kind,
                        "addresses": [str(e.address) for e in lk.ends]} for lk in fab.links],
+        }
+    if inv.inference:
+        s = inv.inference
+        out["inference"] = {
+            "engine": s.engine, "engines": list(s.engines), "model": s.model, "head": s.head,
+            "workers": list(s.workers), "context": s.context, "port": s.port, "engine_port": s.engine_port,
+            "rpc_port": s.rpc_port, "threads": s.threads, "debug": s.debug,
+            **({"api_key_file": str(s.api_key_file)} if s.api_key_file else {}),
         }
     return out
 

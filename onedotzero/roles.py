@@ -15,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fabric import topology
+from inference import artifacts
 from onedotzero import profiles
+from onedotzero.errors import UserError
 from onedotzero.inventory import Inventory, Node
 
 BASE_ROLES = ("base", "netroot", "wol")  # every golden image, in this order
@@ -54,6 +56,9 @@ def node_roles(inv: Inventory, node: Node) -> tuple[str, ...]:
     roles = [*BASE_ROLES, *node.profile.roles]
     if inv.fabric and inv.fabric.links_of(node.name):
         roles.append("fabric")
+    s = inv.inference
+    if s and node.name in (s.head, *s.workers):
+        roles += list(s.engines)  # the serving nodes carry every engine they may be switched to
     return tuple(dict.fromkeys(roles))  # in order, once each
 
 
@@ -91,6 +96,18 @@ def _fabric(inv: Inventory, nodes: tuple[Node, ...]) -> dict:
     return topology.role_vars(inv, nodes)
 
 
+def _engine(engine: str) -> Callable[[Inventory, tuple[Node, ...]], dict]:
+    """An engine role: its build for the image's distribution and its nodes' backend (one per image)."""
+    def variables(inv: Inventory, nodes: tuple[Node, ...]) -> dict:
+        backends = sorted({(n.profile.gpu.backend(engine) if n.profile.gpu else None) or "cpu" for n in nodes})
+        if len(backends) > 1:
+            raise UserError(f"nodes {', '.join(n.name for n in nodes)} share an image but want {engine} backends "
+                            f"{', '.join(backends)}", "give their hardware profiles the same backend")
+        distro = profiles.distro(inv.distro_of(nodes[0]))
+        return artifacts.role_vars(inv.image.cache, engine, backends[0], distro)
+    return variables
+
+
 def _gpu_users(role: str) -> Callable[[Inventory, tuple[Node, ...]], dict]:
     """GPU roles put the admin in the device groups."""
     return lambda inv, nodes: {f"{role}_users": [inv.admin.user]}
@@ -99,6 +116,7 @@ def _gpu_users(role: str) -> Callable[[Inventory, tuple[Node, ...]], dict]:
 ROLE_VARS: dict[str, Callable[[Inventory, tuple[Node, ...]], dict]] = {
     "base": _base, "netroot": _netroot, "wol": _wol, "fabric": _fabric,
     **{role: _gpu_users(role) for role in ("intel_arc", "amd_gpu", "soft_gpu")},
+    "llama_cpp": _engine("llama_cpp"),
 }
 
 

@@ -23,8 +23,8 @@ class Fields:
         if isinstance(data, Implicit) or not isinstance(data, dict):
             shown = repr(data.text) if isinstance(data, Implicit) else _article(type(data))
             self.fail(f"must be a mapping, got {shown}", _example(dict))
-        unknown = sorted(data.keys() - known)
-        if unknown:
+        if not (known if isinstance(known, (set, frozenset)) else frozenset(known)).issuperset(data):
+            unknown = sorted(map(str, data.keys() - known))
             self.fail(f"unknown field {unknown[0]!r}", f"known fields: {', '.join(sorted(known))}")
         self.data = data
 
@@ -49,6 +49,8 @@ class Fields:
         return self.typed(self.data[key], kind, key)
 
     def typed(self, value: Any, kind: type, key: str) -> Any:
+        if type(value) is kind:  # the common case, first: thousands of nodes' fields
+            return value
         if isinstance(value, Implicit):
             if kind is bool and isinstance(value.value, bool):
                 return value.value
@@ -67,6 +69,8 @@ class Fields:
     def strings(self, key: str, default: Any = MISSING) -> list[str]:
         """A list of strings (each checked like a string field)."""
         values = self.get(key, default, list)
+        if all(type(v) is str for v in values):
+            return list(values)
         return [self.typed(v, str, f"{key}[{i}]") for i, v in enumerate(values)]
 
     def mapping(self, key: str, known: set[str] | frozenset[str], default: Any = MISSING) -> Fields | None:

@@ -41,7 +41,7 @@ class Testbed:
     __test__ = False  # not a pytest test class, whatever its name
     mode = "fast"
     services = SERVICES  # what `down` ends, in reverse order
-    tools = ("ip", "tc", "dnsmasq", "nginx", "ganesha.nfsd", "rpcbind", "unshare")
+    tools = ("ip", "tc", "nft", "sysctl", "dnsmasq", "nginx", "ganesha.nfsd", "rpcbind", "unshare")
     extra_taps: tuple[str, ...] = ()
 
     def __init__(self, inv: Inventory, name: str = "default", memory_mb: int = 2048, lan: str | None = "gbe"):
@@ -171,6 +171,9 @@ class Testbed:
             f'%include "{self.path(render.SERVICE_FILES["ganesha"])}"\n')
 
     def _services(self) -> None:
+        # The control node routes for its nodes and keeps other networks out of theirs: the rendered firewall.
+        self.ns_run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        self.ns_run(["nft", "-f", str(self.path(render.SERVICE_FILES["firewall"]))])
         # No kernel NFS server here: rpcbind + nfs-ganesha in a private mount namespace with its own /run.
         nfs_script = (
             "set -e; mount -t tmpfs tmpfs /run; mkdir -p /run/rpcbind /run/ganesha; "

@@ -27,7 +27,7 @@ from onedotzero import ansible, paths, roles, ssh
 from onedotzero.errors import CommandError, UserError
 from onedotzero.log import log
 from onedotzero.proc import run
-from testbed.base import running_pid
+from testbed.base import running_pid, stop_pid
 from testbed.bed import Testbed
 
 CONTROL_MAC = "52:54:00:0d:ff:01"
@@ -81,7 +81,7 @@ class FullTestbed(Testbed):
         self._start_control(version, disk)
         self.wait_control(timeout=600)
         for service in ("bootstrap-http", "bootstrap-dhcp"):
-            self._kill(self.path("run", f"{service}.pid"))
+            stop_pid(self.path("run", f"{service}.pid"))
         store = shlex.quote(str(self.inv.image.store))
         self.control_ssh(f"sudo mkdir -p {store} && sudo mount LABEL={STORE_LABEL} {store}")
         recap = self.configure_control()

@@ -135,11 +135,16 @@ def running(bed):
 
 
 def make_testbed_inventory(workdir: Path, name: str = "cluster.yml", source: str = "testbed/cluster.yml",
-                           **image) -> Path:
-    """A testbed inventory (source) with the store, key and any image settings moved for this session."""
+                           qemu_only: bool = False, **image) -> Path:
+    """A testbed inventory (source) with the store, key and any image settings moved for this session;
+    qemu_only keeps the QEMU nodes alone (one image to build)."""
     import yaml
 
     data = yaml.safe_load((REPO / source).read_text())
+    if qemu_only:
+        data["nodes"] = [n for n in data["nodes"] if n["hardware"] in ("virtual-bios", "virtual-uefi")]
+        data.pop("fabric", None)
+        data.pop("inference", None)
     data["image"]["store"] = str(workdir / "store")
     data["image"].update(image)
     data["admin"]["ssh_public_key"] = str(workdir / "id_ed25519.pub")
@@ -165,3 +170,11 @@ def golden_build(workdir):
     assert sorted(set(refs.values())) == sorted(proc.stdout.split()), "one image per kind of node, all printed"
     return {"inventory": inv_path, "refs": refs, "ref": refs["node0"], "version": refs["node0"].split("@")[1],
             "log": proc.stderr, "seconds": time.monotonic() - start}
+
+
+def boot_session_images(inv_path: Path, golden_build: dict, nodes: list[str] | tuple[str, ...]) -> None:
+    """Point nodes at the images this session built (other tests publish newer versions of the same kinds)."""
+    for ref in sorted({golden_build["refs"][n] for n in nodes}):
+        targets = [n for n in nodes if golden_build["refs"][n] == ref]
+        proc = run_cli("-i", str(inv_path), "boot", "--image", ref, *targets)
+        assert proc.returncode == 0, proc.stderr

@@ -2,14 +2,18 @@
 wrong and the fix; exit 1, no traceback, nothing on stdout, nothing written.
 
 Each case file is a copy of tests/data/bad/_valid.yml (or _valid-fabric.yml) with one defect; it names
-the key `../test_key.pub`, so nothing else is wrong with it. Hardware profiles cannot be added to the
-checkout's hardware/, so their cases are temp files read through a patched paths.HARDWARE_DIR.
+the key `../test_key.pub`, so nothing else is wrong with it. The files start `# yamllint disable-file`:
+they are wrong on purpose. The encoding cases are written by the test (ENCODED: _valid.yml in another
+encoding) into a copy of that layout, as yamllint cannot even read a Latin-1 file. Hardware profiles cannot
+be added to the checkout's hardware/, so their cases are temp files read through a patched
+paths.HARDWARE_DIR.
 """
 
 from __future__ import annotations
 
 import codecs
 import difflib
+import re
 from pathlib import Path
 
 import pytest
@@ -21,20 +25,25 @@ from onedotzero.errors import UserError
 
 BAD = REPO / "tests/data/bad"
 STORE, CACHE = Path("/srv/onedotzero-bad-input"), Path("/var/cache/onedotzero-bad-input")  # as the files say
-ENCODINGS = {"latin1": "latin-1", "utf16-bom": "utf-16", "utf16-no-bom": "utf-16-le"}  # checked in as binary
+# case -> the bytes of _valid.yml in another encoding (Latin-1: a comment with an 'é' on line 4)
+ENCODED = {
+    "latin1": lambda text: text.replace("  name: ctl\n", "  name: ctl  # in the café\n", 1).encode("latin-1"),
+    "utf16-bom": lambda text: codecs.BOM_UTF16_LE + ("# Bad input: UTF-16 with a BOM.\n" + text).encode("utf-16-le"),
+    "utf16-no-bom": lambda text: ("# Bad input: UTF-16, no BOM.\n" + text).encode("utf-16-le"),
+}
 
 # case -> the fragment its one-line error must contain
 EXPECTED = {
     # not UTF-8: what it is instead, and where
-    "latin1": "line 1, column 36: byte 0xe9 is not UTF-8: the file is Latin-1 or another legacy encoding "
+    "latin1": "line 4, column 26: byte 0xe9 is not UTF-8: the file is Latin-1 or another legacy encoding "
               "(save the file as UTF-8, e.g. `iconv -f LATIN1 -t UTF-8`)",
     "utf16-bom": "is UTF-16 (it starts with a byte order mark), not UTF-8 (save it as UTF-8, e.g. `iconv -f UTF-16",
     "utf16-no-bom": "is UTF-16LE without a byte order mark, not UTF-8 (save it as UTF-8",
-    "tab-indent": "not valid YAML at line 15, column 1: found character that cannot start any token "
+    "tab-indent": "not valid YAML at line 16, column 1: found character that cannot start any token "
                   "(indent with spaces: YAML does not allow tabs)",
     # duplicate keys: the field and both lines
-    "duplicate-nodes-key": "line 26: duplicate key nodes (first at line 17) (YAML keeps only the last one",
-    "duplicate-node-ip": "line 21: duplicate key nodes[0].ip (first at line 20) (YAML keeps only the last one",
+    "duplicate-nodes-key": "line 27: duplicate key nodes (first at line 18) (YAML keeps only the last one",
+    "duplicate-node-ip": "line 22: duplicate key nodes[0].ip (first at line 21) (YAML keeps only the last one",
     # key text where the key's path goes: never an OS error such as "File name too long"
     "key-text-ed25519": "admin.ssh_public_key: holds the text of a public key, not a path to one (save the key in a "
                         "file, e.g. ~/.ssh/id_ed25519.pub, and give that file's path)",
@@ -48,7 +57,7 @@ EXPECTED = {
     "name-yes": "nodes[1].name: yes is read by YAML as a boolean (quote it: 'yes')",
     "name-on": "control.name: on is read by YAML as a boolean (quote it: 'on')",
     "name-off": "cluster: off is read by YAML as a boolean (quote it: 'off')",
-    "key-on": "line 7: control.on: the key 'on' is read by YAML as a boolean (quote it: 'on')",
+    "key-on": "line 8: control.on: the key 'on' is read by YAML as a boolean (quote it: 'on')",
     "nodes-not-a-list": "nodes: 2 must be a list (e.g. [a, b] or one `- item` per line)",
     # the control node's subnet, its DHCP range, the nodes' MACs
     "control-network-address": "control.address: 192.168.1.0 is the subnet's network address (pick a host address",
@@ -90,63 +99,71 @@ EXPECTED = {
 }
 
 
-def _text(path: Path) -> str:
-    return path.read_bytes().decode(ENCODINGS.get(path.stem, "utf-8"))
+def _snapshot(data: Path) -> dict:
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in data.rglob("*")}
 
 
-def _snapshot() -> dict:
-    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in (REPO / "tests/data").rglob("*")}
+@pytest.fixture
+def case_file(request, tmp_path) -> Path:
+    """tests/data/bad/<case>.yml as the CLI is given it: the file itself (relative to the repository), or for an
+    encoding case a written copy beside a copy of the key (tmp/data/bad/<case>.yml, tmp/data/test_key.pub)."""
+    case = request.param
+    if case not in ENCODED:
+        return Path(f"tests/data/bad/{case}.yml")
+    (tmp_path / "data/bad").mkdir(parents=True)
+    (tmp_path / "data/test_key.pub").write_bytes((REPO / "tests/data/test_key.pub").read_bytes())
+    path = tmp_path / f"data/bad/{case}.yml"
+    path.write_bytes(ENCODED[case]((BAD / "_valid.yml").read_text()))
+    return path
 
 
 def test_every_case_file_is_in_the_table():
     files = {p.stem for p in BAD.glob("*.yml") if not p.name.startswith("_")}
-    assert files == set(EXPECTED)
+    assert files | set(ENCODED) == set(EXPECTED) and not files & set(ENCODED)
 
 
 @pytest.mark.parametrize("valid", ["_valid.yml", "_valid-fabric.yml"])
 def test_the_cases_bases_are_valid(valid):
     proc = run_cli("-i", f"tests/data/bad/{valid}", "config", "show")
     assert proc.returncode == 0, proc.stderr
-    assert yaml.safe_load(proc.stdout)["admin"]["ssh_public_key"] == str(REPO / "tests/data/bad/../test_key.pub")
+    key = Path(yaml.safe_load(proc.stdout)["admin"]["ssh_public_key"])
+    assert key.resolve() == (REPO / "tests/data/test_key.pub").resolve()
 
 
-@pytest.mark.parametrize("case", sorted(EXPECTED))
+@pytest.mark.parametrize("case", sorted(set(EXPECTED) - set(ENCODED)))
 def test_case_is_its_base_with_one_defect(case):
     """Each file differs from its base in a few lines, so the message is about that defect alone."""
-    text = _text(BAD / f"{case}.yml")
-    base = _text(BAD / ("_valid-fabric.yml" if "fabric:" in text else "_valid.yml"))
+    text = (BAD / f"{case}.yml").read_text()
+    assert text.startswith("# yamllint disable-file\n# Bad input: ")
+    base = (BAD / ("_valid-fabric.yml" if re.search(r"^fabric:", text, re.M) else "_valid.yml")).read_text()
     body = [line for line in text.splitlines() if not line.startswith("#")]
     changed = [d for d in difflib.ndiff([ln for ln in base.splitlines() if not ln.startswith("#")], body)
                if d[0] in "+-"]
     assert 1 <= len(changed) <= 10, changed
 
 
-def test_binary_cases_are_what_they_claim():
-    latin1 = (BAD / "latin1.yml").read_bytes()
-    assert b"caf\xe9" in latin1
-    with pytest.raises(UnicodeDecodeError):
-        latin1.decode("utf-8")
-    assert (BAD / "utf16-bom.yml").read_bytes().startswith(codecs.BOM_UTF16_LE)
-    assert (BAD / "utf16-no-bom.yml").read_bytes()[:4] == "# B".encode("utf-16-le")[:4]
-    assert len((BAD / "key-text-rsa4096.yml").read_text().split("ssh_public_key: ")[1].split("\n")[0]) > 700
+def test_long_key_text_is_long():
+    key = (BAD / "key-text-rsa4096.yml").read_text().split("ssh_public_key: ")[1].split("\n")[0]
+    assert key.startswith("ssh-rsa AAAA") and len(key) > 700  # longer than a file name may be (255)
 
 
-@pytest.mark.parametrize("case", sorted(EXPECTED))
-def test_bad_input_one_line(case):
-    fragment, path = EXPECTED[case], BAD / f"{case}.yml"
+@pytest.mark.parametrize("case_file", sorted(EXPECTED), indirect=True)
+def test_bad_input_one_line(case_file):
+    case = case_file.stem
+    fragment, data = EXPECTED[case], (REPO / case_file).parent.parent
     # In-process: the same message.
     with pytest.raises(UserError) as err:
-        inventory.load(path)
+        inventory.load(REPO / case_file)
     assert fragment in err.value.line()
     # As a user sees it: one line on stderr naming the file, exit 1, no traceback, nothing on stdout or disk.
-    before = _snapshot()
-    proc = run_cli("-i", f"tests/data/bad/{case}.yml", "config", "show")
+    before = _snapshot(data)
+    proc = run_cli("-i", str(case_file), "config", "show")
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr
-    assert f"tests/data/bad/{case}.yml: " in proc.stderr
+    assert f"data/bad/{case}.yml: " in proc.stderr
     assert fragment in proc.stderr and "Traceback" not in proc.stderr
-    assert _snapshot() == before and not STORE.exists() and not CACHE.exists()
+    assert _snapshot(data) == before and not STORE.exists() and not CACHE.exists()
 
 
 # --- hardware profiles (hardware/*.yml): temp files, read through a patched paths.HARDWARE_DIR ---------------

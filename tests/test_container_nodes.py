@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_testbed_inventory, needs_root, run_cli, running
+from conftest import boot_session_images, make_testbed_inventory, needs_root, run_cli, running
 
 from image.store import ImageRef, Store
 from onedotzero import inventory, ssh
@@ -56,7 +56,7 @@ def wait_off(bed: Testbed, node: str, timeout: float = 60) -> None:
 def bed(golden_build):
     inv = inventory.load(golden_build["inventory"])
     tb = Testbed(inv, f"c{os.getpid() % 100000}")
-    assert run_cli("-i", str(inv.path), "boot", "--image", "golden", *CONTAINERS).returncode == 0
+    boot_session_images(inv.path, golden_build, CONTAINERS)
     with running(tb):
         proc = in_ns(tb, "compute", "up", "--timeout", "120", *CONTAINERS)
         assert proc.returncode == 0, proc.stdout + proc.stderr + tb.diagnostics()
@@ -124,8 +124,14 @@ def test_reboot_boots_what_the_node_now_points_at(bed, golden_build):
         assert shown[-2:] == [f"golden@{newer}", "-"], "back on its choice after the one-time boot"
         boots = [ln for ln in Path(bed.spec("node3").log).read_text().splitlines() if "supervisor: booting" in ln]
         assert boots[-1].endswith(f"booting {current.ref} (once)"), boots
-    finally:
+    finally:  # back on the session's image, then the copy goes (other tests expect no newer version)
         in_ns(bed, "boot", "--image", str(current.ref), "node3")
+        in_ns(bed, "compute", "restart", "node3")
+        time.sleep(3)
+        wait_ssh(bed, "node3")
+        trash = store.root / ".staging" / f"test-{newer}"
+        os.rename(store.root / "golden" / newer, trash)
+        shutil.rmtree(trash)
 
 
 def test_shutdown_powers_off_and_a_magic_packet_powers_on(bed):
@@ -263,7 +269,8 @@ def ring(golden_build, workdir):
     """Four container nodes in a ring (testbed/ring.yml), booting the session's container image."""
     inv_path = make_testbed_inventory(workdir, "ring.yml", source="testbed/ring.yml")
     inv = inventory.load(inv_path)
-    assert run_cli("-i", str(inv_path), "boot", "--image", "golden").returncode == 0
+    # the session's container image: the ring's nodes are the same kind (their links are configured at runtime)
+    assert run_cli("-i", str(inv_path), "boot", "--image", golden_build["refs"]["node2"]).returncode == 0
     tb = Testbed(inv, f"r{os.getpid() % 100000}")
     with running(tb):
         proc = in_ns(tb, "compute", "up", "--timeout", "120")

@@ -39,7 +39,9 @@ def bed(golden_build, workdir):
     tb = FullTestbed(inv, f"f{os.getpid() % 100000}")
     start = time.monotonic()
     with running(tb):
-        tb.up_seconds = time.monotonic() - start
+        # (A second playbook run changing nothing is shown against a real tree, test_control_node.py: here
+        # every Ansible module runs on an emulated CPU, minutes a run.)
+        print(f"full mode: testbed up (control VM boot + playbook) took {time.monotonic() - start:.0f}s")
         yield tb
 
 
@@ -78,12 +80,6 @@ def test_a_uefi_node_pxe_boots_the_golden_image_from_the_control_vm(bed, golden_
     assert f"{node.mac} {node.ip} node0" in served, "the lease came from the control VM's dnsmasq"
     assert f'{node.ip} - - ' in served and f"/boot/{node.mac_hyphen}.ipxe HTTP/1.1\" 200" in served, \
         "the node's own boot script, from the control VM's nginx"
-
-
-def test_a_second_playbook_run_changes_nothing(bed):
-    recap = bed.configure_control()
-    assert (recap.changed, recap.failed, recap.unreachable) == (0, 0, 0), recap
-    print(f"full mode: testbed up (control VM boot + playbook) took {bed.up_seconds:.0f}s")
 
 
 def test_down_ends_the_control_vm(bed):

@@ -28,5 +28,9 @@ def test_power_on_starts_the_node_vm_once(workdir):
         first = run_cli("-i", str(inv.path), "testbed", "--name", name, "power-on", "node0")
         assert first.returncode == 0 and first.stdout == "node0: powered on\n", first.stderr
         assert bed.is_on("node0") and not bed.is_on("node1")
-        again = run_cli("-i", str(inv.path), "testbed", "--name", name, "power-on")
+        again = run_cli("-i", str(inv.path), "testbed", "--name", name, "power-on", "node0", "node1")
         assert again.stdout == "node0: already on\nnode1: powered on\n", again.stderr
+        # A container node with no golden image to boot stays off, and says why.
+        nothing = run_cli("-i", str(inv.path), "testbed", "--name", name, "power-on", "node2")
+        assert nothing.returncode == 1 and "node2 did not start: " in nothing.stderr
+        assert "node2 is set to boot menu: a container node boots golden images only" in nothing.stderr

@@ -1,0 +1,100 @@
+"""What each node runs for inference: the one plan `inference up` applies and `inference status` reads.
+
+Pure (runs anywhere): from the inventory's `inference:` section and the model's manifest (models store), it
+decides each node's part (head, worker, none), the model file the head loads, where every process listens
+(the head's engine on its cluster address, RPC workers on their fabric addresses only: RPC has no
+authentication), and how the layers are split:
+  - GPU backends: every layer offloaded (-ngl all), split over the head's GPU and the workers' devices
+  - cpu: the head's CPU is not an offload device for llama.cpp, so the last N layers go to the workers over RPC
+    and the rest stay on the head, N = layers x workers / (workers + 1): an even split by node
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from onedotzero.errors import UserError
+from onedotzero.inventory import Inventory
+
+ENGINES = ("llama_cpp", "vllm")
+MODELS_DIR = "/models"  # every node's local SSD
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    node: str
+    part: str  # "head", "worker" or "none"
+    address: str  # where its process listens
+    port: int
+    layers: tuple[int, int] = (0, 0)  # [first, last) of the model's layers computed on this node
+    env: dict = field(default_factory=dict)  # the engine's environment file on the node
+
+
+@dataclass(frozen=True)
+class Plan:
+    engine: str
+    model: dict  # name, version, file, path (on the nodes), sha256, layers, size
+    nodes: tuple[NodePlan, ...]
+
+    @property
+    def head(self) -> NodePlan:
+        return next(n for n in self.nodes if n.part == "head")
+
+    def to_vars(self) -> dict:
+        """The playbook's view: inference_plan.nodes[<host>] and the rest."""
+        return {"engine": self.engine, "model": self.model, "nodes": {n.node: asdict(n) for n in self.nodes}}
+
+
+def model_file(manifest) -> tuple[str, str]:
+    """The file an engine loads, and its sha256: the (first) GGUF for llama.cpp."""
+    gguf = [f for f in manifest.files if f.path.endswith(".gguf")]
+    if not gguf:
+        raise UserError(f"model {manifest.name}@{manifest.version} has no GGUF file",
+                        "llama.cpp loads GGUF models: import or pull a .gguf")
+    return gguf[0].path, gguf[0].sha256
+
+
+def split(layers: int, workers: int, backend: str) -> tuple[int, list[tuple[int, int]]]:
+    """(-ngl value, [first, last) layer range per node: head first, then each worker)."""
+    if workers == 0:
+        return (0 if backend == "cpu" else 999), [(0, layers)]
+    if backend != "cpu":
+        per = layers / (workers + 1)
+        bounds = [round(i * per) for i in range(workers + 2)]
+        return 999, [(bounds[i], bounds[i + 1]) for i in range(workers + 1)]
+    offloaded = round(layers * workers / (workers + 1))
+    on_head = layers - offloaded
+    per = offloaded / workers
+    bounds = [on_head + round(i * per) for i in range(workers + 1)]
+    return offloaded, [(0, on_head)] + [(bounds[i], bounds[i + 1]) for i in range(workers)]
+
+
+def llama_cpp(inv: Inventory, manifest, layers: int, backend: str, threads: int) -> Plan:
+    s = inv.inference
+    file, sha = model_file(manifest)
+    path = f"{MODELS_DIR}/{manifest.name}/{manifest.version}/files/{file}"
+    workers = [inv.node(w) for w in s.workers]
+    rpc = ",".join(f"{inv.fabric.address(w.name)}:{s.rpc_port}" for w in workers)
+    ngl, ranges = split(layers, len(workers), backend)
+    head = inv.node(s.head)
+    extra = [*(["--rpc", rpc] if rpc else []), *(["--api-key-file", "/etc/onedotzero/api-key"] if s.api_key_file
+                                                  else [])]
+    nodes = [NodePlan(head.name, "head", str(head.ip), s.engine_port, ranges[0], {
+        "MODEL": path, "HOST": str(head.ip), "PORT": s.engine_port, "GPU_LAYERS": ngl, "CONTEXT": s.context,
+        "THREADS": threads, "ARGS": " ".join(extra)})]
+    for w, r in zip(workers, ranges[1:], strict=True):
+        env = {"RPC_HOST": str(inv.fabric.address(w.name)), "RPC_PORT": s.rpc_port, "THREADS": threads}
+        if s.debug:
+            env["GGML_RPC_DEBUG"] = 1  # logs every graph_compute: evidence that this node computed
+        nodes.append(NodePlan(w.name, "worker", env["RPC_HOST"], s.rpc_port, r, env))
+    busy = {s.head, *s.workers}
+    nodes += [NodePlan(n.name, "none", "", 0) for n in inv.nodes if n.name not in busy]
+    model = {"name": manifest.name, "version": manifest.version, "file": file, "path": path, "sha256": sha,
+             "layers": layers, "size": manifest.total_size}
+    return Plan("llama_cpp", model, tuple(nodes))
+
+
+def stopped(inv: Inventory) -> Plan:
+    """Every node's part is none: what `inference down` applies."""
+    return Plan(inv.inference.engine if inv.inference else "llama_cpp", {},
+                tuple(NodePlan(n.name, "none", "", 0) for n in inv.nodes))

@@ -1,0 +1,262 @@
+"""`cluster.py inference up|down|status|logs` and `chat`: the engine across the nodes, driven from the control node.
+
+  up      the plan (inference/plan.py) from the inventory and the model's manifest, applied by
+          playbooks/inference.yml (workers, then the head), kept as <cache>/inference/plan.json; then wait until
+          the head answers /health
+  down    every engine unit of the serving nodes stopped
+  status  each node's part, its unit, the layers it holds, the model and its checksum on the head, the head's
+          /health, the last request's tokens/s; a dead worker is named with the reason
+  logs    the engine units' journal on each serving node
+  chat    a question to the control node's endpoint, the answer streamed as it comes
+Runs on the control node (in the virtual cluster: in the testbed's namespace, which plays it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+from models.store import ModelRef, model_store
+
+from inference import plan as plan_mod
+from onedotzero import ansible, compute, ssh
+from onedotzero.errors import UserError
+from onedotzero.inventory import Inventory
+from onedotzero.log import log, step
+
+UNITS = {"llama_cpp": {"head": "onedotzero-llama-server", "worker": "onedotzero-rpc-server"},
+         "vllm": {"head": "onedotzero-vllm", "worker": "onedotzero-vllm"}}
+BUFFER_RE = re.compile(r"load_tensors:\s+(\S+?)(?:\[(\S+)\])? model buffer size =\s+([\d.]+) MiB")
+EVAL_RE = re.compile(r"\beval time =\s+([\d.]+) ms /\s+(\d+) tokens .*?([\d.]+) tokens per second")
+COMPUTE_RE = re.compile(r"graph_compute")
+
+
+def settings(inv: Inventory):
+    if inv.inference is None:
+        raise UserError(f"{inv.path} has no inference: section", "name the engine, model, head and workers "
+                                                                  "(see cluster.example.yml)")
+    return inv.inference
+
+
+def plan_file(inv: Inventory) -> Path:
+    return inv.image.cache / "inference" / "plan.json"
+
+
+def gguf_layers(path: Path) -> int:
+    """The model's layer count, read from its GGUF header (<architecture>.block_count)."""
+    from gguf import GGUFReader  # numpy-backed: imported only when a plan is made
+
+    reader = GGUFReader(str(path))
+    fields = reader.fields
+    arch = bytes(fields["general.architecture"].parts[-1]).decode()
+    count = fields.get(f"{arch}.block_count")
+    if count is None:
+        raise UserError(f"{path.name}: no {arch}.block_count in its GGUF header", "is it a complete model file?")
+    return int(count.parts[-1][0])
+
+
+def make_plan(inv: Inventory) -> plan_mod.Plan:
+    s = settings(inv)
+    model = model_store(inv).get(ModelRef.parse(s.model))
+    m = model.manifest
+    head = inv.node(s.head)
+    backend = (head.profile.gpu.backend(s.engine) if head.profile.gpu else None) or "cpu"
+    if s.engine == "llama_cpp":
+        file, _ = plan_mod.model_file(m)
+        return plan_mod.llama_cpp(inv, m, gguf_layers(model.path / "files" / file), backend, s.threads)
+    raise UserError(f"engine {s.engine} is not available yet", "use engine: llama_cpp")
+
+
+def _on_head(inv: Inventory, p: plan_mod.Plan) -> None:
+    """The head must hold the model before it can load it (`models push` puts it there)."""
+    r = ssh.run(inv, inv.node(p.head.node), f"test -f {p.model['path']}")
+    if r.unreachable:
+        raise UserError(f"{p.head.node} is unreachable: {r.reason()}", "`compute up` it first")
+    if not r.ok:
+        raise UserError(f"{p.model['name']}@{p.model['version']} is not on {p.head.node}'s /models",
+                        f"push it: ./cluster.py models push {p.model['name']}@{p.model['version']} {p.head.node}")
+
+
+def apply(inv: Inventory, p: plan_mod.Plan, nodes: list[str], netns: str | None = None) -> None:
+    with step(f"inference: {p.engine} on {', '.join(nodes)}"):
+        ansible.playbook(inv, "inference.yml", nodes, extra_vars={"inference_plan": p.to_vars()}, netns=netns)
+
+
+def up(inv: Inventory, timeout: float = 600) -> plan_mod.Plan:
+    s = settings(inv)
+    p = make_plan(inv)
+    _on_head(inv, p)
+    apply(inv, p, [s.head, *s.workers])
+    plan_file(inv).parent.mkdir(parents=True, exist_ok=True)
+    plan_file(inv).write_text(json.dumps(p.to_vars(), indent=1))
+    url = f"http://{p.head.address}:{p.head.port}/health"
+    deadline = time.monotonic() + timeout
+    with step(f"inference: waiting for {url}"):
+        while True:
+            try:
+                if requests.get(url, timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise UserError(f"the head did not answer {url} within {timeout:.0f}s",
+                                "see `./cluster.py inference logs`")
+            time.sleep(1)
+    return p
+
+
+def down(inv: Inventory) -> None:
+    s = settings(inv)
+    apply(inv, plan_mod.stopped(inv), [s.head, *s.workers])
+    plan_file(inv).unlink(missing_ok=True)
+
+
+@dataclass
+class NodeState:
+    node: str
+    part: str
+    unit: str
+    active: str = "-"
+    layers: str = "-"
+    detail: str = ""
+    ok: bool = True
+
+
+@dataclass
+class Status:
+    engine: str
+    model: dict
+    health: str
+    nodes: list[NodeState] = field(default_factory=list)
+    tokens_per_second: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def applied(inv: Inventory) -> dict:
+    try:
+        return json.loads(plan_file(inv).read_text())
+    except FileNotFoundError:
+        raise UserError("inference is not up", "start it: ./cluster.py inference up") from None
+
+
+def status(inv: Inventory) -> Status:
+    p = applied(inv)
+    units = UNITS[p["engine"]]
+    parts = {n: v for n, v in p["nodes"].items() if v["part"] in units}
+    head = next(n for n, v in parts.items() if v["part"] == "head")
+    hv = parts[head]
+    try:
+        r = requests.get(f"http://{hv['address']}:{hv['port']}/health", timeout=5)
+        health = "ok" if r.status_code == 200 else f"HTTP {r.status_code}"
+    except requests.RequestException as e:
+        health = f"unreachable ({type(e).__name__})"
+    st = Status(p["engine"], p["model"], health)
+    if health != "ok":
+        st.problems.append(f"{head}: the head's /health is {health}")
+
+    def probe(node) -> ssh.Result:
+        v = parts[node.name]
+        unit = units[v["part"]]
+        extra = ""
+        if v["part"] == "head":  # the model on its disk, and can it reach each worker?
+            reach = [f"timeout 2 bash -c '</dev/tcp/{w['address']}/{w['port']}' 2>/dev/null && echo 'reach {n} ok' "
+                     f"|| echo 'reach {n} FAILED'" for n, w in parts.items() if w["part"] == "worker"]
+            extra = "; ".join(["", f"echo '### model'; sha256sum {p['model']['path']} 2>&1 | cut -c1-64", *reach])
+        return ssh.run(inv, node, f"systemctl is-active {unit}; sudo journalctl -u {unit} -b --no-pager -n 400 "
+                                  f"-o cat{extra}", timeout=60)
+
+    nodes = [inv.node(n) for n in parts]
+    results = dict(zip(parts, ssh.parallel(probe, nodes), strict=True))
+    head_log = results[head].stdout
+    buffers = {m[2] or m[1]: float(m[3]) for m in BUFFER_RE.finditer(head_log)}
+    evals = EVAL_RE.findall(head_log)
+    if evals:
+        st.tokens_per_second = float(evals[-1][2])
+    for name, v in parts.items():
+        r = results[name]
+        unit = units[v["part"]]
+        ns = NodeState(name, v["part"], unit)
+        first, last = v["layers"]
+        ns.layers = f"{first}-{last - 1} ({last - first})" if last > first else "none"
+        if r.unreachable:
+            ns.active, ns.ok, ns.detail = "unreachable", False, r.reason()
+        else:
+            ns.active = r.stdout.split("\n", 1)[0].strip()
+            ns.ok = ns.active == "active"
+            where = f"{v['address']}:{v['port']}"
+            if v["part"] == "worker" and where in buffers:
+                ns.detail = f"{buffers[where]:.1f} MiB of weights"
+            if v["part"] == "worker" and f"reach {name} FAILED" in head_log:
+                ns.ok = False
+                ns.detail = f"the head cannot reach {where}"
+            if v["part"] == "head":
+                ns.detail = _head_detail(r.stdout, p["model"], buffers)
+                if "checksum" in ns.detail and "MISMATCH" in ns.detail:
+                    ns.ok = False
+            if not ns.ok and ns.active != "active":
+                last_line = [ln for ln in r.stdout.splitlines()[1:] if ln.strip() and not ln.startswith("###")]
+                ns.detail = f"{unit} is {ns.active}" + (f": {last_line[-1][:160]}" if last_line else "")
+        if not ns.ok:
+            st.problems.append(f"{name} ({v['part']}): {ns.detail or ns.active}")
+        st.nodes.append(ns)
+    return st
+
+
+def _head_detail(out: str, model: dict, buffers: dict) -> str:
+    m = re.search(r"^### model\n([0-9a-f]{64})", out, re.M)
+    checksum = "checksum ok" if m and m[1] == model["sha256"] else "checksum MISMATCH" if m else "model missing"
+    mine = [f"{dev} {mib:.1f} MiB" for dev, mib in buffers.items() if ":" not in dev]
+    return ", ".join([checksum, *mine])
+
+
+def status_rows(st: Status) -> list[tuple[str, ...]]:
+    rows = [("NODE", "PART", "UNIT", "STATE", "LAYERS", "DETAIL")]
+    rows += [(n.node, n.part, n.unit, n.active, n.layers, n.detail) for n in st.nodes]
+    return rows
+
+
+def logs(inv: Inventory, out: Callable[[str], None], lines: int = 50) -> dict[str, int]:
+    p = applied(inv)
+    units = UNITS[p["engine"]]
+    parts = {n: v for n, v in p["nodes"].items() if v["part"] in units}
+    results = {}
+    for name, v in parts.items():
+        for r in compute.run(inv, [inv.node(name)], f"sudo journalctl -u {units[v['part']]} -b --no-pager -n {lines}",
+                             out):
+            results[r.node] = r.code
+    return results
+
+
+def chat(inv: Inventory, question: str, write: Callable[[str], None], max_tokens: int = 256,
+         api_key: str | None = None) -> dict:
+    """Ask the control node's endpoint; write each piece of the answer as it arrives. Returns the timings."""
+    s = settings(inv)
+    url = f"http://{inv.control.address}:{s.port}/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    body = {"messages": [{"role": "user", "content": question}], "stream": True, "max_tokens": max_tokens}
+    start, first, pieces = time.monotonic(), None, 0
+    try:
+        with requests.post(url, json=body, headers=headers, stream=True, timeout=(5, 600)) as r:
+            if r.status_code != 200:
+                raise UserError(f"{url} answered HTTP {r.status_code}: {r.text[:200]}",
+                                "check `./cluster.py inference status` (and the API key)")
+            for line in r.iter_lines(decode_unicode=True):
+                if not line or not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                delta = (json.loads(data).get("choices") or [{}])[0].get("delta", {})
+                if delta.get("content"):
+                    first = first or time.monotonic()
+                    pieces += 1
+                    write(delta["content"])
+    except requests.ConnectionError as e:
+        raise UserError(f"cannot reach {url}: {e}", "is the control node's nginx serving the endpoint?") from None
+    log.debug("chat: %d pieces", pieces)
+    return {"seconds": time.monotonic() - start, "first": (first - start) if first else None, "pieces": pieces}
