@@ -15,11 +15,17 @@ APT_PACKAGES := python3-venv rsync openssh-client openssh-server gpg gpg-agent i
 	qemu-system-x86 qemu-utils ovmf ipxe-qemu procps psmisc \
 	systemd-container iperf3 nftables
 
-.PHONY: help setup apt venv test test-unit test-integration lint image image-live control demo testbed-up testbed-down clean
+# What only the tests need besides: a browser for the chat page.
+TEST_APT_PACKAGES := chromium chromium-driver
+
+.PHONY: help setup apt apt-test venv test test-unit test-integration lint image image-live control demo testbed-up testbed-down clean
 help:  ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
 setup: apt venv  ## Install Debian packages (as root) and the Python venv; idempotent
+
+apt-test:
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(TEST_APT_PACKAGES)"
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
@@ -36,13 +42,13 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
-test: setup  ## Run every test tier (integration tiers need root, as in CI)
+test: setup apt-test  ## Run every test tier (integration tiers need root, as in CI)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-unit: venv  ## Fast unit and golden-file tests only
 	$(VENV)/bin/pytest -m 'not integration' $(PYTEST_ARGS)
 
-test-integration: setup  ## Root/QEMU/namespace tests only
+test-integration: setup apt-test  ## Root/QEMU/namespace tests only
 	$(VENV)/bin/pytest -m integration $(PYTEST_ARGS)
 
 lint: venv  ## ruff, yamllint, ansible-lint

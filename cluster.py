@@ -8,6 +8,7 @@ call into the library; what is here is argument handling and printing.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,10 @@ import click  # noqa: E402
 from fabric import check as fabric_check  # noqa: E402
 from image import golden, live  # noqa: E402
 from image.store import ImageRef, Store, diff_packages  # noqa: E402
+from inference import service  # noqa: E402
+from models import hub, importer  # noqa: E402
+from models import push as push_mod  # noqa: E402
+from models.store import ModelRef, human_size, in_use, model_store  # noqa: E402
 from netboot import preflight as netboot_preflight  # noqa: E402
 from netboot import render, selection  # noqa: E402
 from onedotzero import acceptance, discover, power  # noqa: E402
@@ -559,6 +564,207 @@ def fabric_test(state: State, seconds: float) -> None:
     _table(report.rows())
     if report.problems:
         raise UserError("fabric test failed: " + "; ".join(report.problems))
+
+
+# --- models ----------------------------------------------------------------------------------------
+
+@cli.group()
+def models() -> None:
+    """Model weights: fetched once into the control node's store, verified, placed on the nodes' /models.
+
+    \b
+    Example:
+      ./cluster.py models pull bartowski/Mistral-Small-Instruct-2409-GGUF --file '*Q4_K_M.gguf'
+      ./cluster.py models push mistral-small-instruct-2409
+      ./cluster.py models status
+    """
+
+
+def model_arg(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return ModelRef.parse(value)
+    except UserError as e:
+        raise click.BadParameter(e.line()) from None
+
+
+@models.command("pull")
+@click.argument("repo")
+@click.option("--file", "patterns", multiple=True, metavar="PATTERN", help="Only files matching (fnmatch; repeat).")
+@click.option("--revision", help="Branch, tag or commit (the commit it resolves to is recorded).")
+@click.option("--name", help="The model's name in the store (default: from the repository).")
+@pass_state
+def models_pull(state: State, repo: str, patterns: tuple[str, ...], revision: str | None, name: str | None) -> None:
+    """Fetch a Hugging Face repository's files (resumable; every LFS file's SHA-256 checked against the hub's).
+
+    The token for gated or private repositories comes from HF_TOKEN. HF_ENDPOINT points at another hub.
+
+    \b
+    Example:
+      ./cluster.py models pull bartowski/Mistral-Small-Instruct-2409-GGUF --file '*Q4_K_M.gguf' \\
+          --name mistral-small-instruct-2409
+    """
+    m = hub.pull(model_store(state.inv), repo, list(patterns) or None, revision, name, os.environ.get("HF_TOKEN"),
+                 os.environ.get("HF_ENDPOINT"))
+    click.echo(m.ref)
+
+
+@models.command("import")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", help="The model's name in the store (default: the file's or directory's name).")
+@pass_state
+def models_import(state: State, path: Path, name: str | None) -> None:
+    """A local file or directory into the store, with its checksums (offline sites, tests).
+
+    \b
+    Example:
+      ./cluster.py models import ~/Downloads/Mistral-Small-Instruct-2409-Q4_K_M.gguf --name mistral-small-instruct-2409
+    """
+    click.echo(importer.import_path(model_store(state.inv), path, name).ref)
+
+
+@models.command("list")
+@pass_state
+def models_list(state: State) -> None:
+    """Every stored model version: format, size, files, where it came from."""
+    rows = [("MODEL", "FORMAT", "SIZE", "FILES", "SOURCE")]
+    for m in model_store(state.inv).all():
+        man = m.manifest
+        rows.append((str(m.ref), man.format, human_size(man.total_size), str(len(man.files)),
+                     man.source + (f" @{man.revision[:12]}" if man.revision else "")))
+    _table(rows)
+
+
+@models.command("show")
+@click.argument("ref", callback=model_arg)
+@pass_state
+def models_show(state: State, ref: ModelRef) -> None:
+    """A version's manifest: every file with its size and SHA-256, the commit a pull resolved."""
+    click.echo(model_store(state.inv).get(ref).manifest.to_json(), nl=False)
+
+
+@models.command("gc")
+@click.option("--keep", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Versions of each model to keep (besides the one inference uses).")
+@pass_state
+def models_gc(state: State, keep: int) -> None:
+    """Delete old versions; never the newest, never the one the inference section names or runs."""
+    removed = model_store(state.inv).gc(keep, pinned=in_use(state.inv))
+    click.echo("\n".join(f"removed {m.ref}" for m in removed) or "nothing to remove")
+
+
+@models.command("push")
+@click.argument("ref", callback=model_arg)
+@click.argument("nodes", nargs=-1)
+@pass_state
+def models_push(state: State, ref: ModelRef, nodes: tuple[str, ...]) -> None:
+    """Place a model on NODES' /models (default: all): resumable, verified on each node by checksum, atomic,
+    a second push moves nothing; with a fabric, nodes may be fed by a peer (the faster plan is said).
+
+    \b
+    Example:
+      ./cluster.py models push tiny-chat
+      ./cluster.py models push mistral-small-instruct-2409@20261127T100000Z-1a2b3c4d node0
+    """
+    model = model_store(state.inv).get(ref)
+    results = push_mod.push(state.inv, model, state.inv.select(nodes), click.echo)
+    rows = [("NODE", "FROM", "MOVED", "SECONDS", "RESULT")]
+    for r in results:
+        rate = f" ({r.bytes * 8 / r.seconds / 1e9:.2f} Gbit/s)" if r.seconds and r.bytes else ""
+        result = r.error or ("verified" + (f", re-copied {', '.join(r.recopied)}" if r.recopied else ""))
+        rows.append((r.node, r.source, human_size(r.bytes) + rate, f"{r.seconds:.1f}", result))
+    _table(rows)
+    bad = [r.node for r in results if not r.verified]
+    if bad:
+        raise UserError(f"push of {model.ref} failed on: {', '.join(bad)}")
+
+
+@models.command("status")
+@click.option("--verify", is_flag=True, help="Check every file's SHA-256 on the nodes (reads them all).")
+@click.argument("nodes", nargs=-1)
+@pass_state
+def models_status(state: State, verify: bool, nodes: tuple[str, ...]) -> None:
+    """Which models each node holds on /models, and their checksum state."""
+    held = push_mod.status(state.inv, state.inv.select(nodes), verify)
+    _table([("NODE", "MODEL", "STATE"), *((h.node, h.model, h.state) for h in held)])
+    bad = [f"{h.node} ({h.model}: {h.state})" for h in held if "MISMATCH" in h.state or "unreachable" in h.state]
+    if bad:
+        raise UserError(f"not OK: {', '.join(bad)}")
+
+
+# --- inference --------------------------------------------------------------------------------------
+
+@cli.group()
+def inference() -> None:
+    """The engine across the nodes (the inventory's inference section), behind the control node's endpoint.
+
+    \b
+    Example:
+      ./cluster.py inference up
+      ./cluster.py inference status
+      ./cluster.py chat "What is a USB4 link?"
+    """
+
+
+@inference.command("up")
+@click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True,
+              help="Seconds to wait for the head to answer /health.")
+@pass_state
+def inference_up(state: State, timeout: float) -> None:
+    """Start the workers, then the head, with the inventory's model; wait until it answers."""
+    p = service.up(state.inv, timeout)
+    click.echo(f"{p.engine} serving {p.model['name']}@{p.model['version']} from {p.head.node}; "
+               f"endpoint http://{state.inv.control.address}:{state.inv.inference.port}/v1/")
+
+
+@inference.command("down")
+@pass_state
+def inference_down(state: State) -> None:
+    """Stop the engine on every serving node."""
+    service.down(state.inv)
+    click.echo("inference down")
+
+
+@inference.command("status")
+@pass_state
+def inference_status(state: State) -> None:
+    """Each node's part and unit, the layers it holds, the model's checksum on the head, the head's health, the last
+    request's tokens/s. Exit 1 naming each dead part and why."""
+    st = service.status(state.inv)
+    tps = f", last request {st.tokens_per_second:.1f} tokens/s" if st.tokens_per_second else ""
+    click.echo(f"{st.engine}: {st.model.get('name')}@{st.model.get('version')} "
+               f"(sha256 {st.model.get('sha256', '')[:12]}, {st.model.get('layers')} layers), health {st.health}{tps}")
+    _table(service.status_rows(st))
+    if st.problems:
+        raise UserError("inference not OK: " + "; ".join(st.problems))
+
+
+@inference.command("logs")
+@click.option("--lines", "-n", type=click.IntRange(min=1), default=50, show_default=True)
+@pass_state
+def inference_logs(state: State, lines: int) -> None:
+    """The engine units' journal on each serving node, every line prefixed with its node."""
+    service.logs(state.inv, click.echo, lines)
+
+
+@cli.command("chat")
+@click.argument("question")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@pass_state
+def chat(state: State, question: str, max_tokens: int) -> None:
+    """Ask the cluster through the control node's endpoint; the answer streams as it is generated.
+    The API key, if the cluster has one, comes from ONEDOTZERO_API_KEY.
+
+    \b
+    Example:
+      ./cluster.py chat "Why does a layer split need so little bandwidth?"
+    """
+    timing = service.chat(state.inv, question, lambda text: click.echo(text, nl=False), max_tokens,
+                          os.environ.get("ONEDOTZERO_API_KEY"))
+    click.echo()
+    first = f", first token after {timing['first']:.2f}s" if timing["first"] is not None else ""
+    click.echo(f"({timing['pieces']} pieces in {timing['seconds']:.1f}s{first})", err=True)
 
 
 # --- testbed ---------------------------------------------------------------------------------------

@@ -35,7 +35,9 @@ def to_ansible(inv: Inventory) -> dict:
         variables = roles.role_vars(inv, spec, nodes)
         for n in nodes:
             hostvars[n.name] = {"ansible_host": str(n.ip), "ansible_user": inv.admin.user, "odz_node_mac": n.mac,
-                                "odz_node_hardware": n.hardware, **variables}
+                                "odz_node_hardware": n.hardware, **variables,
+                                # per node, not per image: the disk only this node's entry names
+                                "models_disk_device": n.models_disk, "models_disk_label": inv.image.models_label}
     return {
         "_meta": {"hostvars": hostvars},
         "all": {"children": ["control", "compute"], "vars": {"odz": to_dict(inv)}},
