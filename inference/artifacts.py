@@ -56,10 +56,13 @@ class EngineBuild:
     backend: str
     build_packages: tuple[str, ...]
     runtime_packages: tuple[str, ...]
+    release_flags: tuple[tuple[str, str], ...] = ()  # ("default"|CMake project, compiler flags)
 
     def key(self, distro: profiles.DistroProfile) -> str:
         data = [self.engine, self.version, self.commit, self.source.sha256, self.targets, self.flags, self.backend,
                 self.build_packages, distro.name, distro.suite]
+        if self.release_flags:
+            data.append(self.release_flags)
         return hashlib.sha256(json.dumps(data).encode()).hexdigest()
 
     def install_dir(self) -> str:
@@ -71,7 +74,7 @@ def engine(name: str, backend: str) -> EngineBuild:
     """The pinned build of an engine (inference/engines/<name>.yml) for a backend."""
     path = ENGINES_DIR / f"{name}.yml"
     f = Fields(path, "", yamlfile.load(path), {"version", "commit", "sources", "source", "targets", "flags",
-                                              "backends"}, "inference/engines/llama_cpp.yml")
+                                              "release_flags", "backends"}, "inference/engines/llama_cpp.yml")
     sources = f.mapping("sources", set(f.get("sources", kind=dict)))
     chosen = f.choice("source", sorted(sources.data))
     s = sources.mapping(chosen, {"url", "sha256", "subdir"})
@@ -80,9 +83,12 @@ def engine(name: str, backend: str) -> EngineBuild:
         backends.fail(f"{name} has no backend {backend!r}", f"choose one of: {', '.join(sorted(backends.data))}")
     b = backends.mapping(backend, {"flags", "build_packages", "runtime_packages"})
     source = Source(s.get("url"), s.get("sha256", ""), s.get("subdir"))
+    release = f.get("release_flags", {}, kind=dict)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in release.items()):
+        f.fail("release_flags maps a CMake project (or default) to a string of compiler flags")
     return EngineBuild(name, f.get("version"), f.get("commit"), source, tuple(f.strings("targets")),
                        (*f.strings("flags"), *b.strings("flags", [])), backend, tuple(b.strings("build_packages")),
-                       tuple(b.strings("runtime_packages", [])))
+                       tuple(b.strings("runtime_packages", [])), tuple(sorted(release.items())))
 
 
 def artifact_path(cache: Path, build: EngineBuild, distro: profiles.DistroProfile) -> Path:
@@ -116,6 +122,20 @@ def chroot(root: Path, *argv: str, title: str, phase: str | None = None) -> None
                  host=f"chroot {root}")
 
 
+def release_flags(build: EngineBuild, work: Path) -> list[str]:
+    """CMake arguments for the Release flags: the default for every project, and a file per named project that
+    CMake includes right after that project's project() call, setting its own (it scopes to the project's tree)."""
+    argv = []
+    for project, flags in build.release_flags:
+        if project == "default":
+            argv += [f"-DCMAKE_C_FLAGS_RELEASE={flags}", f"-DCMAKE_CXX_FLAGS_RELEASE={flags}"]
+            continue
+        (work / f"project-{project}.cmake").write_text(
+            f'set(CMAKE_C_FLAGS_RELEASE "{flags}")\nset(CMAKE_CXX_FLAGS_RELEASE "{flags}")\n')
+        argv.append(f"-DCMAKE_PROJECT_{project}_INCLUDE=/build/project-{project}.cmake")
+    return argv
+
+
 def build(build: EngineBuild, distro: profiles.DistroProfile, rootfs: Path, source: Path, out: Path,
           jobs: int) -> None:
     """Runs in the chroot of rootfs (a base tree the caller prepared, with its mounts). Out: the artefact at out."""
@@ -133,7 +153,8 @@ def build(build: EngineBuild, distro: profiles.DistroProfile, rootfs: Path, sour
         tar.extractall(work, members=members, filter="data")
     tree = f"/build/{build.source.subdir}"
     with step(f"{build.engine} {build.version} ({build.backend}): cmake, {', '.join(build.targets)} on {jobs} cores"):
-        chroot(rootfs, "cmake", "-S", tree, "-B", "/build/out", *build.flags, title="cmake configure")
+        chroot(rootfs, "cmake", "-S", tree, "-B", "/build/out", *build.flags, *release_flags(build, work),
+               title="cmake configure")
         chroot(rootfs, "cmake", "--build", "/build/out", "--target", *build.targets, "-j", str(jobs),
                title=f"building {build.engine}", phase=r"(\[\s*\d+%\])")
     pack = work / "pack"
@@ -145,7 +166,8 @@ def build(build: EngineBuild, distro: profiles.DistroProfile, rootfs: Path, sour
                              capture_output=True, text=True, env=CHROOT_ENV).stderr.strip().splitlines()
     (bin_dir.parent / "BUILD-INFO").write_text(json.dumps({
         "engine": build.engine, "version": build.version, "commit": build.commit, "backend": build.backend,
-        "flags": list(build.flags), "targets": list(build.targets), "distro": distro.name,
+        "flags": list(build.flags), "release_flags": dict(build.release_flags),
+        "targets": list(build.targets), "distro": distro.name,
         "source": build.source.url, "source_sha256": build.source.sha256, "reports": version[:3],
     }, indent=1) + "\n")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ class Plan:
     engine: str
     model: dict  # name, version, file, path (on the nodes), sha256, layers, size
     nodes: tuple[NodePlan, ...]
+    api_key_file: str = ""  # on the control node: copied to the head, which checks every request against it
 
     @property
     def head(self) -> NodePlan:
@@ -42,7 +43,8 @@ class Plan:
 
     def to_vars(self) -> dict:
         """The playbook's view: inference_plan.nodes[<host>] and the rest."""
-        return {"engine": self.engine, "model": self.model, "nodes": {n.node: asdict(n) for n in self.nodes}}
+        return {"engine": self.engine, "model": self.model, "nodes": {n.node: asdict(n) for n in self.nodes},
+                "api_key_file": self.api_key_file}
 
 
 def model_file(manifest) -> tuple[str, str]:
@@ -77,8 +79,9 @@ def llama_cpp(inv: Inventory, manifest, layers: int, backend: str, threads: int)
     rpc = ",".join(f"{inv.fabric.address(w.name)}:{s.rpc_port}" for w in workers)
     ngl, ranges = split(layers, len(workers), backend)
     head = inv.node(s.head)
-    extra = [*(["--rpc", rpc] if rpc else []), *(["--api-key-file", "/etc/onedotzero/api-key"] if s.api_key_file
-                                                  else [])]
+    # The API names the model as the store does (clients ask /v1/models); workers over RPC; the key if any.
+    extra = ["--alias", manifest.name, *(["--rpc", rpc] if rpc else []),
+             *(["--api-key-file", "/etc/onedotzero/api-key"] if s.api_key_file else [])]
     nodes = [NodePlan(head.name, "head", str(head.ip), s.engine_port, ranges[0], {
         "MODEL": path, "HOST": str(head.ip), "PORT": s.engine_port, "GPU_LAYERS": ngl, "CONTEXT": s.context,
         "THREADS": threads, "ARGS": " ".join(extra)})]
@@ -91,7 +94,7 @@ def llama_cpp(inv: Inventory, manifest, layers: int, backend: str, threads: int)
     nodes += [NodePlan(n.name, "none", "", 0) for n in inv.nodes if n.name not in busy]
     model = {"name": manifest.name, "version": manifest.version, "file": file, "path": path, "sha256": sha,
              "layers": layers, "size": manifest.total_size}
-    return Plan("llama_cpp", model, tuple(nodes))
+    return Plan("llama_cpp", model, tuple(nodes), str(s.api_key_file) if s.api_key_file else "")
 
 
 def stopped(inv: Inventory) -> Plan:

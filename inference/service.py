@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
-from models.store import ModelRef, model_store
 
 from inference import plan as plan_mod
+from models.store import ModelRef, model_store
 from onedotzero import ansible, compute, ssh
 from onedotzero.errors import UserError
 from onedotzero.inventory import Inventory
@@ -33,7 +33,6 @@ UNITS = {"llama_cpp": {"head": "onedotzero-llama-server", "worker": "onedotzero-
          "vllm": {"head": "onedotzero-vllm", "worker": "onedotzero-vllm"}}
 BUFFER_RE = re.compile(r"load_tensors:\s+(\S+?)(?:\[(\S+)\])? model buffer size =\s+([\d.]+) MiB")
 EVAL_RE = re.compile(r"\beval time =\s+([\d.]+) ms /\s+(\d+) tokens .*?([\d.]+) tokens per second")
-COMPUTE_RE = re.compile(r"graph_compute")
 
 
 def settings(inv: Inventory):
@@ -167,8 +166,8 @@ def status(inv: Inventory) -> Status:
             reach = [f"timeout 2 bash -c '</dev/tcp/{w['address']}/{w['port']}' 2>/dev/null && echo 'reach {n} ok' "
                      f"|| echo 'reach {n} FAILED'" for n, w in parts.items() if w["part"] == "worker"]
             extra = "; ".join(["", f"echo '### model'; sha256sum {p['model']['path']} 2>&1 | cut -c1-64", *reach])
-        return ssh.run(inv, node, f"systemctl is-active {unit}; sudo journalctl -u {unit} -b --no-pager -n 400 "
-                                  f"-o cat{extra}", timeout=60)
+        return ssh.run(inv, node, f"sudo -n systemctl is-active {unit}; sudo -n journalctl -u {unit} -b --no-pager "
+                                  f"-n 400 -o cat{extra}", timeout=60)
 
     nodes = [inv.node(n) for n in parts]
     results = dict(zip(parts, ssh.parallel(probe, nodes), strict=True))

@@ -66,7 +66,8 @@ class NodeState:
 def probe(inv: Inventory, node: Node, model: Model) -> NodeState:
     """On node: is /models a mounted disk, how much is free, what of this version is there (checked)."""
     final, incoming = final_dir(model), incoming_dir(model)
-    script = (f"findmnt -no SOURCE,FSTYPE {ROOT} || echo NOT-MOUNTED; df -B1 --output=avail {ROOT} | tail -1; "
+    script = (f"command -v rsync >/dev/null || echo NO-RSYNC; "
+              f"findmnt -no SOURCE,FSTYPE {ROOT} || echo NOT-MOUNTED; df -B1 --output=avail {ROOT} | tail -1; "
               f"du -sb {incoming} 2>/dev/null | cut -f1 || true; echo '### present'; "
               f"if [ -d {final} ]; then cd {final} && sudo -n sha256sum --quiet -c {SUMS} 2>&1 | tail -5 "
               f"&& echo VERIFIED; fi")
@@ -77,6 +78,9 @@ def probe(inv: Inventory, node: Node, model: Model) -> NodeState:
         return st
     head, _, present = r.stdout.partition("### present\n")
     lines = head.strip().splitlines()
+    if lines and lines[0] == "NO-RSYNC":
+        st.error = "rsync is not installed (the base role installs it: rebuild the image or `compute configure`)"
+        return st
     st.mount = lines[0] if lines else ""
     st.free_bytes = int(lines[1]) if len(lines) > 1 and lines[1].strip().isdigit() else 0
     st.partial_bytes = int(lines[2]) if len(lines) > 2 and lines[2].strip().isdigit() else 0
@@ -118,8 +122,8 @@ class Plan:
 
     def describe(self) -> str:
         steps = "; ".join(f"{t.source} -> {t.target} ({t.over})" for t in self.transfers) or "nothing to move"
-        other = f" (control-only would take ~{self.other_seconds:.0f}s)" if self.other_seconds is not None else ""
-        return f"plan {self.name}: {steps}; estimate ~{self.seconds:.0f}s{other}"
+        other = f" (control-only would take ~{self.other_seconds:.1f}s)" if self.other_seconds is not None else ""
+        return f"plan {self.name}: {steps}; estimate ~{self.seconds:.1f}s{other}"
 
 
 def choose(inv: Inventory, targets: list[str], size: int) -> Plan:
@@ -164,8 +168,8 @@ def agent(inv: Inventory) -> Iterator[dict[str, str]]:
             proc.wait(10)
 
 
-def _rsync(argv: list[str], bar: tqdm, env: dict | None = None) -> tuple[int, str]:
-    """Run rsync with --info=progress2 and move the bar with it; (exit code, last lines of output)."""
+def _rsync(argv: list[str], bar: tqdm, env: dict | None = None) -> tuple[int, str, int]:
+    """Run rsync with --info=progress2 and move the bar with it; (exit code, last lines of output, bytes moved)."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
                             errors="replace")
     tail: list[str] = []
@@ -182,7 +186,7 @@ def _rsync(argv: list[str], bar: tqdm, env: dict | None = None) -> tuple[int, st
                 last = max(last, done)
             elif part.strip():
                 tail = (tail + [part.strip()])[-8:]
-    return proc.wait(), "\n".join(tail)
+    return proc.wait(), "\n".join(tail), last
 
 
 def rsync_opts(inv: Inventory) -> list[str]:
@@ -230,11 +234,12 @@ def move(inv: Inventory, model: Model, t: Transfer, bar: tqdm, env: dict) -> Mov
     result = Moved(t.target, f"{t.source} ({t.over})")
     start = time.monotonic()
     _stage(inv, node, model)
+    moved = 0
     for attempt in (1, 2):
         if t.source == "control":
             argv = [*rsync_opts(inv), f"{model.path}/files", f"{model.path}/{MANIFEST}",
                     f"{inv.admin.user}@{node.ip}:{incoming_dir(model)}/"]
-            code, tail = _rsync(argv, bar)
+            code, tail, sent = _rsync(argv, bar)
         else:  # the source node pushes to its peer's fabric address, with the control node's forwarded key
             peer_opts = ("ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
                          "-o LogLevel=ERROR")
@@ -244,7 +249,8 @@ def move(inv: Inventory, model: Model, t: Transfer, bar: tqdm, env: dict) -> Mov
                                 f"{inv.admin.user}@{fabric_name(t.target)}:{incoming_dir(model)}/"])
             src = inv.node(t.source)
             argv = [*ssh.options(inv), "-A", f"{inv.admin.user}@{src.ip}", inner]
-            code, tail = _rsync(argv, bar, env)
+            code, tail, sent = _rsync(argv, bar, env)
+        moved += sent
         if code != 0:
             result.error = f"rsync from {t.source} exited {code}: {tail[-200:]}"
             return result
@@ -260,7 +266,7 @@ def move(inv: Inventory, model: Model, t: Transfer, bar: tqdm, env: dict) -> Mov
         log.warning("%s: %s did not match its checksum: copying it again", t.target, ", ".join(bad))
         ssh.run(inv, node, "sudo -n rm -f " + " ".join(shlex.quote(f"{incoming_dir(model)}/{b}") for b in bad))
     result.seconds = time.monotonic() - start
-    result.bytes = int(bar.n)
+    result.bytes = moved
     return result
 
 

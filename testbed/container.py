@@ -116,8 +116,7 @@ def boot(cfg: dict, lower: Path, groups: list[Path]) -> int:
 def main(config: str) -> int:
     cfg = json.loads(Path(config).read_text())
     pidfile = Path(cfg["pidfile"])
-    pidfile.write_text(f"{os.getpid()}\n")
-    groups = cgroups.create(cfg["cgroup"], cfg.get("memory_mb"))
+    groups = None
     try:
         while True:
             try:
@@ -125,6 +124,9 @@ def main(config: str) -> int:
             except (UserError, subprocess.CalledProcessError) as e:
                 say(f"cannot boot: {e}")
                 return 1
+            if groups is None:  # on only once it has something to boot: power-on waits for this PID file
+                pidfile.write_text(f"{os.getpid()}\n")
+                groups = cgroups.create(cfg["cgroup"], cfg.get("memory_mb"))
             code = boot(cfg, lower, groups)
             if code != REBOOT:
                 say(f"powered off (nspawn exit status {code})")

@@ -142,7 +142,7 @@ def test_boot_once_then_fall_back_bios_and_uefi(bed, golden_build):
                 assert "nfs" not in r.stdout.split("\n")[1:], "the root was fetched into RAM, not mounted over NFS"
                 pending.discard(node)
         time.sleep(5)
-    assert not pending, f"{pending} did not come back with the HTTP-fetched root"
+    assert not pending, f"{pending} did not come back with the HTTP-fetched root{bed.diagnostics()}"
     # Both delivered their one-time boot file, so both are back on their previous choice.
     rows = [line.split() for line in in_ns(bed, "boot", "--show").stdout.splitlines()[1:]]
     assert rows == [["node0", ref, "-"], ["node1", ref, "-"]], rows
@@ -237,15 +237,17 @@ def test_dhcp_answers_only_on_the_compute_interface(bed):
 def test_interrupted_testbed_up_leaves_nothing(bed, golden_build):
     name = f"i{os.getpid() % 100000}"
     proc = subprocess.Popen([sys.executable, "cluster.py", "-i", str(golden_build["inventory"]), "testbed",
-                             "--name", name, "up"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                             "--name", name, "up"], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                            # as from a terminal, whatever this runner's own SIGINT disposition is
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ns = Path(f"/run/netns/odz-{name}")
     try:
         deadline = time.monotonic() + 30
         while not ns.exists() and time.monotonic() < deadline:
             time.sleep(0.005)
         proc.send_signal(signal.SIGINT)  # Ctrl-C while it sets up (it needs a second or two more)
-        proc.wait(60)
-        assert proc.returncode != 0, "the interrupt came too late to test anything"
+        err = proc.communicate(timeout=60)[1]
+        assert proc.returncode != 0, f"the interrupt came too late to test anything: {err}"
         assert not ns.exists()
         assert _leftover_processes(f"run-{name}") == []
         assert all(bed.status()["services"].values()), "the other testbed's processes are untouched"
