@@ -657,8 +657,10 @@ def models_gc(state: State, keep: int) -> None:
 @models.command("push")
 @click.argument("ref", callback=model_arg)
 @click.argument("nodes", nargs=-1)
+@click.option("--plan", "want", type=click.Choice(push_mod.PLANS), default="auto", show_default=True,
+              help="auto: the faster plan by the links' rates; or force one (to compare them).")
 @pass_state
-def models_push(state: State, ref: ModelRef, nodes: tuple[str, ...]) -> None:
+def models_push(state: State, ref: ModelRef, nodes: tuple[str, ...], want: str) -> None:
     """Place a model on NODES' /models (default: all): resumable, verified on each node by checksum, atomic,
     a second push moves nothing; with a fabric, nodes may be fed by a peer (the faster plan is said).
 
@@ -668,7 +670,7 @@ def models_push(state: State, ref: ModelRef, nodes: tuple[str, ...]) -> None:
       ./cluster.py models push mistral-small-instruct-2409@20261127T100000Z-1a2b3c4d node0
     """
     model = model_store(state.inv).get(ref)
-    results = push_mod.push(state.inv, model, state.inv.select(nodes), click.echo)
+    results = push_mod.push(state.inv, model, state.inv.select(nodes), click.echo, want)
     rows = [("NODE", "FROM", "MOVED", "SECONDS", "RESULT")]
     for r in results:
         rate = f" ({r.bytes * 8 / r.seconds / 1e9:.2f} Gbit/s)" if r.seconds and r.bytes else ""

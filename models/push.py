@@ -126,21 +126,30 @@ class Plan:
         return f"plan {self.name}: {steps}; estimate ~{self.seconds:.1f}s{other}"
 
 
-def choose(inv: Inventory, targets: list[str], size: int) -> Plan:
+PLANS = ("auto", "control-only", "peer")
+
+
+def choose(inv: Inventory, targets: list[str], size: int, want: str = "auto") -> Plan:
     """The faster of: every target fed by the control node over the LAN (which they share), or one fed over the
-    LAN and the rest by it over the fabric (in turn, each at its link's rate). Nominal rates from hardware/links."""
+    LAN and the rest by it over the fabric (in turn, each at its link's rate). Nominal rates from hardware/links.
+    want: "auto" (the faster), or the plan to use whatever the estimate (to compare them)."""
     if not targets:
         return Plan("none", (), 0.0)
     lan = profiles.link_kind(LAN_KIND).rate_gbit * 1e9 / 8
     control_only = Plan("control-only", tuple(Transfer("control", t, "lan") for t in targets),
                         size * len(targets) / lan)
     fab = inv.fabric
+    if want == "control-only":
+        return control_only
     if fab is None or len(targets) < 2 or any(fab.address(t) is None for t in targets):
+        if want == "peer":
+            raise UserError("models push --plan peer needs two or more targets on the fabric",
+                            "name fabric nodes, or use --plan auto")
         return control_only
     seed, rest = targets[0], targets[1:]
     fabric_rate = min(profiles.link_kind(lk.kind).rate_gbit for lk in fab.links) * 1e9 / 8
     peer_seconds = size / lan + size * len(rest) / fabric_rate
-    if peer_seconds >= control_only.seconds:
+    if peer_seconds >= control_only.seconds and want == "auto":
         return Plan("control-only", control_only.transfers, control_only.seconds, None)
     moves = (Transfer("control", seed, "lan"), *(Transfer(seed, t, "fabric") for t in rest))
     return Plan("peer", moves, peer_seconds, control_only.seconds)
@@ -270,7 +279,8 @@ def move(inv: Inventory, model: Model, t: Transfer, bar: tqdm, env: dict) -> Mov
     return result
 
 
-def push(inv: Inventory, model: Model, nodes: list[Node], say: Callable[[str], None]) -> list[Moved]:
+def push(inv: Inventory, model: Model, nodes: list[Node], say: Callable[[str], None],
+         want: str = "auto") -> list[Moved]:
     """The model onto each node's /models: checked, planned, moved, verified, published. Nodes that hold the
     verified version move no bytes."""
     states = ssh.parallel(lambda n: probe(inv, n, model), nodes)
@@ -282,7 +292,7 @@ def push(inv: Inventory, model: Model, nodes: list[Node], say: Callable[[str], N
     for st in states:
         if st.present.startswith("damaged"):
             say(f"{st.node}: its copy is {st.present}: repairing it")
-    plan = choose(inv, targets, model.manifest.total_size)
+    plan = choose(inv, targets, model.manifest.total_size, want)
     say(plan.describe())
     results = [Moved(n, "already there", verified=True) for n in have]
     size = model.manifest.total_size

@@ -1,11 +1,15 @@
 """`make demo`: the whole flow on the virtual cluster, as a user would run it on the real one.
 
-  1. build the debian-12 golden image (cached after the first time)
-  2. start the virtual cluster (namespace, dnsmasq, nginx, NFS, Wake-on-LAN listener)
+  1. build the debian-12 golden images, one per hardware profile (cached after the first time; the container
+     nodes' image carries the llama.cpp build, compiled once and cached)
+  2. start the virtual cluster (namespace, dnsmasq, nginx, NFS, Wake-on-LAN listener, the fabric cable)
   3. cluster.py boot --image golden
-  4. cluster.py compute up        (run as the control node: inside the namespace)
+  4. cluster.py compute up        (run as the control node: inside the namespace; QEMU nodes PXE-boot,
+                                   container nodes run their image natively)
   5. cluster.py compute status
-  6. tear down (unless --keep)
+  6. a small generated model: models import, models push to the inference nodes
+  7. cluster.py inference up, then cluster.py chat: an answer streamed from the cluster through the control node
+  8. tear down (unless --keep)
 
 Runs on the host as root. Ctrl-C at any point tears the virtual cluster down.
 """
@@ -21,9 +25,12 @@ from onedotzero import inventory, paths
 from onedotzero.errors import UserError
 from onedotzero.log import setup_logging
 from testbed.bed import STATE_ROOT, Testbed
+from testbed.tiny_model import write_gguf
 
 INVENTORY = paths.REPO / "testbed" / "cluster.yml"
 BOOT_TIMEOUT = 900
+MODEL = "tiny-chat"  # the inventory's inference.model
+QUESTION = "What does a fabric link carry?"
 
 
 def ensure_key() -> None:
@@ -58,9 +65,21 @@ def main() -> int:
     bed.up()
     rc = 1
     try:
-        if cli(None, "boot", "--image", "golden") == 0 and \
-                cli(bed, "compute", "up", "--timeout", str(BOOT_TIMEOUT)) == 0:
-            rc = cli(bed, "compute", "status")
+        inv = bed.inv
+        serving = [inv.inference.head, *inv.inference.workers]
+        model = write_gguf(STATE_ROOT / f"{MODEL}.gguf")  # random weights, fixed seed: mechanics, not wisdom
+        steps = [(None, "boot", "--image", "golden"),
+                 (bed, "compute", "up", "--timeout", str(BOOT_TIMEOUT)),
+                 (bed, "compute", "status"),
+                 (None, "models", "import", str(model), "--name", MODEL),
+                 (bed, "models", "push", MODEL, *serving),
+                 (bed, "inference", "up"),
+                 (bed, "chat", QUESTION, "--max-tokens", "32")]
+        rc = 0
+        for where, *step_args in steps:
+            rc = cli(where, *step_args)
+            if rc != 0:
+                break
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         rc = 130

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -18,8 +19,9 @@ import time
 import pytest
 from conftest import REPO, boot_session_images, needs_root, run_cli, running
 
-from onedotzero import inventory, ssh
+from onedotzero import inventory, profiles, ssh
 from testbed.bed import Testbed
+from testbed.links import shape
 from testbed.tiny_model import write_gguf
 
 pytestmark = [pytest.mark.integration, needs_root("systemd-nspawn", "nft", "chromium", "chromedriver")]
@@ -214,6 +216,62 @@ def test_a_second_push_moves_nothing(bed):
     assert proc.returncode == 0, proc.stderr
     assert "plan none: nothing to move" in proc.stdout
     assert all(re.search(rf"^{n}\s+already there\s+0\.0 MiB", proc.stdout, re.M) for n in NODES), proc.stdout
+
+
+def test_a_damaged_copy_is_found_and_copied_again(bed):
+    """Bit rot on a node's disk (content changed, size and time kept, so rsync's quick check cannot see it):
+    `models status --verify` names it, the next push finds it by checksum and copies that file again."""
+    rot = ("f=$(ls /models/tiny-chat/*/files/*.gguf | head -1) && sudo -n cp -p \"$f\" /tmp/ref && "
+           "printf X | sudo -n dd of=\"$f\" bs=1 seek=4096 conv=notrunc status=none && "
+           "sudo -n touch -r /tmp/ref \"$f\"")
+    assert on(bed, "node3", rot).returncode == 0
+    status = in_ns(bed, "models", "status", "--verify", "node3")
+    assert status.returncode == 1 and "MISMATCH" in status.stdout, status.stdout + status.stderr
+    proc = in_ns(bed, "models", "push", "tiny-chat", "node3")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "node3: its copy is damaged" in proc.stdout
+    assert re.search(r"^node3 .*verified, re-copied files/tiny-chat\.gguf$", proc.stdout, re.M), proc.stdout
+    assert in_ns(bed, "models", "status", "--verify", "node3").returncode == 0
+
+
+def test_an_interrupted_push_resumes_where_it_stopped(bed, workdir):
+    """A push killed mid-file keeps what arrived (never under the model's name); the next one moves only the
+    rest over the wire (counted on the node's switch port)."""
+    size = 48 << 20
+    blob = workdir / "resume-me.bin"
+    blob.write_bytes(os.urandom(size))  # incompressible
+    assert in_ns(bed, "models", "import", str(blob), "--name", "resume-me").returncode == 0
+    port = bed.containers()["node3"].host_end
+    # 48 MiB at 40 Mbit/s: about 10 s, time to interrupt it; the testbed's gigabit shaping is put back after
+    bed.ns_run(["tc", "qdisc", "replace", "dev", port, "root", "tbf", "rate", "40mbit", "burst", "64kb",
+                "latency", "200ms"])
+    try:
+        push = subprocess.Popen(bed.ns_argv([sys.executable, str(REPO / "cluster.py"), "-i", str(bed.inv.path),
+                                             "models", "push", "resume-me", "node3"]),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 60
+        partial = 0
+        while time.monotonic() < deadline and partial < (8 << 20):
+            r = on(bed, "node3", "sudo -n du -sb /models/.incoming/resume-me 2>/dev/null | cut -f1")
+            partial = int(r.stdout.strip() or 0)
+            time.sleep(0.3)
+        os.killpg(push.pid, signal.SIGKILL)  # the whole push: cluster.py, its rsync and ssh
+        push.wait(30)
+    finally:
+        shape(bed.ns, port, profiles.link_kind("gbe").rate_gbit)
+    assert (8 << 20) <= partial < size, f"could not catch the push mid-file ({partial} bytes)"
+    time.sleep(2)  # the node's rsync sees the connection drop and keeps the partial file
+    assert on(bed, "node3", "ls -A /models/resume-me 2>/dev/null").stdout.strip() == "", "nothing published"
+
+    def sent() -> int:
+        return int(bed.ns_run(["cat", f"/sys/class/net/{port}/statistics/tx_bytes"], capture=True).stdout)
+
+    before = sent()
+    again = in_ns(bed, "models", "push", "resume-me", "node3")
+    assert again.returncode == 0, again.stdout + again.stderr
+    wire = sent() - before
+    assert wire < size - partial + (4 << 20), f"{wire} bytes crossed the port for the rest of {size - partial}"
+    assert in_ns(bed, "models", "status", "--verify", "node3").returncode == 0
 
 
 def test_inference_down_stops_every_engine_unit(bed):

@@ -3,6 +3,7 @@ imports of local files, versions, gc that keeps what an inference config names, 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -352,3 +353,36 @@ def test_in_use_is_the_configured_model_and_the_running_version(tmp_path):
         {"engine": "llama_cpp", "model": {"name": "qwen", "version": "20260101T000000Z-1a2b3c4d"}, "nodes": {}}))
     assert ms.in_use(inv) == {ModelRef("qwen"), ModelRef("qwen", "20260101T000000Z-1a2b3c4d")}
     assert ms.in_use(inv._replace(inference=None)) == {ModelRef("qwen", "20260101T000000Z-1a2b3c4d")}
+
+
+# --- the push plan (which links carry the weights) ------------------------------------------------------
+
+def _plan_inventory(with_fabric: bool):
+    from onedotzero import inventory
+    from tests.conftest import REPO
+
+    inv = inventory.load(REPO / "tests/data/inventory.yml")
+    return inv if with_fabric else dataclasses.replace(inv, fabric=None)
+
+
+def test_push_plan_feeds_a_peer_over_the_fabric_when_that_is_faster():
+    from models.push import choose
+
+    plan = choose(_plan_inventory(True), ["node0", "node1"], 2**30)
+    assert plan.name == "peer"
+    assert [(t.source, t.target, t.over) for t in plan.transfers] == [("control", "node0", "lan"),
+                                                                       ("node0", "node1", "fabric")]
+    # 1 GiB at 1 Gbit/s, then at 20 Gbit/s; control-only sends it twice over the shared 1 Gbit/s
+    assert plan.seconds == pytest.approx(2**30 * 8 / 1e9 + 2**30 * 8 / 20e9)
+    assert plan.other_seconds == pytest.approx(2 * 2**30 * 8 / 1e9)
+    assert "control-only would take ~17.2s" in plan.describe()
+
+
+def test_push_plan_without_a_fabric_or_when_forced():
+    from models.push import choose
+
+    assert choose(_plan_inventory(False), ["node0", "node1"], 2**30).name == "control-only"
+    assert choose(_plan_inventory(True), ["node0", "node1"], 2**30, "control-only").name == "control-only"
+    assert choose(_plan_inventory(True), ["node0"], 2**30).name == "control-only"  # one target: nobody to feed
+    with pytest.raises(UserError, match="--plan peer needs two or more targets on the fabric"):
+        choose(_plan_inventory(False), ["node0", "node1"], 2**30, "peer")
