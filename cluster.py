@@ -35,6 +35,7 @@ from onedotzero import compute as compute_mod  # noqa: E402
 from onedotzero import inventory as inv_mod  # noqa: E402
 from onedotzero.errors import UserError  # noqa: E402
 from onedotzero.log import setup_logging  # noqa: E402
+from onedotzero.proc import remember_interrupts  # noqa: E402
 from testbed import open_testbed  # noqa: E402
 
 
@@ -839,6 +840,7 @@ def testbed_status(state: State) -> None:
 
 
 def main() -> None:
+    remember_interrupts()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -69,8 +69,9 @@ def probe(inv: Inventory, node: Node, model: Model) -> NodeState:
     script = (f"command -v rsync >/dev/null || echo NO-RSYNC; "
               f"findmnt -no SOURCE,FSTYPE {ROOT} || echo NOT-MOUNTED; df -B1 --output=avail {ROOT} | tail -1; "
               f"du -sb {incoming} 2>/dev/null | cut -f1 || true; echo '### present'; "
-              f"if [ -d {final} ]; then cd {final} && sudo -n sha256sum --quiet -c {SUMS} 2>&1 | tail -5 "
-              f"&& echo VERIFIED; fi")
+              # (no pipe into tail before the test: a pipeline's status is its last command's)
+              f"if [ -d {final} ]; then cd {final} && if out=$(sudo -n sha256sum --quiet -c {SUMS} 2>&1); "
+              f"then echo VERIFIED; else printf '%s\\n' \"$out\" | tail -5; fi; fi")
     r = ssh.run(inv, node, script, timeout=3600)
     st = NodeState(node.name)
     if not r.ok and not r.stdout:

@@ -28,6 +28,30 @@ def die_with_parent() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+_interrupted = False
+
+
+def remember_interrupts() -> None:
+    """Ctrl-C raises KeyboardInterrupt as usual, and is remembered: Python drops an exception raised while it
+    runs its at-fork hooks (logging's, at every subprocess start), so a Ctrl-C landing there would be lost.
+    Long orchestrators call check_interrupt() between steps. Leaves an ignored SIGINT (nohup, &) ignored."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return
+
+    def on_sigint(signum, frame):
+        global _interrupted
+        _interrupted = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+
+def check_interrupt() -> None:
+    """Between steps: raise the KeyboardInterrupt a Ctrl-C should have raised, if Python dropped it."""
+    if _interrupted:
+        raise KeyboardInterrupt
+
+
 def require_tools(*tools: str, hint: str = "run `make setup`") -> None:
     """Refuse early when a tool we shell out to is missing."""
     missing = [t for t in tools if shutil.which(t) is None]

@@ -27,7 +27,7 @@ from netboot import render
 from onedotzero.errors import UserError
 from onedotzero.inventory import Inventory
 from onedotzero.log import log
-from onedotzero.proc import require_tools, run
+from onedotzero.proc import check_interrupt, require_tools, run
 from testbed import base, links, nodes
 from testbed.base import NODES_FILE, STATE_ROOT, NodeSpec, ns_argv, read_specs, running_pid, start_node, stop_pid
 
@@ -116,17 +116,21 @@ class Testbed:
         self.path("mode").write_text(self.mode + "\n")
         try:
             self._network()
+            check_interrupt()
             specs = [d.prepare() for d in self.drivers]
             base.write_specs(self.path(NODES_FILE), specs)
             shaping = [*links.cable_fabric(self.inv, self.containers)]
             if self.containers:
                 shaping.append(links.shape_lan(self.containers, self.ns, self.lan))
             self.path("shaping.json").write_text(json.dumps([s.describe() for s in shaping], indent=1))
+            check_interrupt()
             self._serve()
+            check_interrupt()
             # The listener starts container nodes' supervisors, which need the host's /sys (cgroups).
             self._spawn("wol", [sys.executable, "-m", "testbed.wol_listener", str(self.state), self.bridge],
                         net_only=True)
             self._wait_log("wol.out", "listening", "the Wake-on-LAN listener")
+            check_interrupt()
             kinds = ", ".join(f"{n.name} ({d.kind})" for n, d in zip(self.inv.nodes, self.drivers, strict=True))
             log.info("testbed %s up: namespace %s, control %s on %s; nodes %s", self.name, self.ns,
                      self.inv.control.address, self.bridge, kinds)

@@ -103,6 +103,13 @@ def test_no_second_dhcp_client_on_the_boot_nic(host):
         assert not host.file(path).contains("^DHCP=")
 
 
+def test_shutdown_leaves_the_boot_nic_up(host):
+    """The root is on NFS over the boot NIC: ifdown at shutdown would hang every reboot (role netroot)."""
+    for unit in ("ifup@.service", "networking.service"):
+        drop_in = host.file(f"/etc/systemd/system/{unit}.d/onedotzero-netroot.conf")
+        assert drop_in.contains("^ExecStop=$"), f"{unit} would run ifdown on the boot NIC at shutdown"
+
+
 def test_emptied_package_lists_do_not_look_fresh(host):
     """Ansible's apt cache_valid_time trusts the update stamp, else the lists directory's mtime: either
     looking recent makes a booted node skip `apt update` and find no packages at all."""
