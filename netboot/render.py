@@ -79,6 +79,7 @@ class Entry:
 
 
 LOCAL = Entry("local", "Boot from the local disk", local=True)
+FETCH_TRIES = 3  # a node fetches its kernel and initrd this many times before it falls back to the menu
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ def boot_files(inv: Inventory, store: Store) -> dict[str, str]:
 
 def node_files(inv: Inventory, node: Node, entry: Entry) -> dict[str, str]:
     """One node's choice, in the names iPXE (${mac:hexhyp}) and pxelinux (01-<mac>) look for."""
-    ctx = {"control": inv.control, "node": node, "e": entry}
+    ctx = {"control": inv.control, "node": node, "e": entry, "fetch_tries": FETCH_TRIES}
     return {
         f"boot/{node.mac_hyphen}.ipxe": render("boot/node.ipxe.j2", **ctx),
         f"tftp/pxelinux.cfg/01-{node.mac_hyphen}": render("tftp/pxelinux.cfg/node.j2", **ctx),
