@@ -21,6 +21,9 @@ use_project_venv()
 
 import click  # noqa: E402
 
+from bench import report as bench_report  # noqa: E402
+from bench import results as bench_results  # noqa: E402
+from bench import run as bench_run  # noqa: E402
 from fabric import check as fabric_check  # noqa: E402
 from image import golden, live  # noqa: E402
 from image.store import ImageRef, Store, diff_packages  # noqa: E402
@@ -768,6 +771,128 @@ def chat(state: State, question: str, max_tokens: int) -> None:
     click.echo()
     first = f", first token after {timing['first']:.2f}s" if timing["first"] is not None else ""
     click.echo(f"({timing['pieces']} pieces in {timing['seconds']:.1f}s{first})", err=True)
+
+
+# --- bench -----------------------------------------------------------------------------------------
+
+def _ints(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(x) for x in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give comma-separated numbers, e.g. 1,2,4") from None
+    if not out or any(x < 1 for x in out):
+        raise click.BadParameter(f"{value!r}: every concurrency is at least 1")
+    return tuple(sorted(set(out)))
+
+
+def _shapes(ctx, param, value: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    out = []
+    for v in value or ("128:64",):
+        a, _, b = v.partition(":")
+        if not (a.isdigit() and b.isdigit() and int(a) > 0 and int(b) > 0):
+            raise click.BadParameter(f"{v!r}: give PROMPT:OUTPUT tokens, e.g. 128:64")
+        out.append((int(a), int(b)))
+    return tuple(out)
+
+
+def _slo(ctx, param, value: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    out = {}
+    for v in value:
+        k, _, x = v.partition("=")
+        try:
+            limit = float(x)
+        except ValueError:
+            limit = -1.0
+        if k not in bench_run.loadgen.SLOS or limit <= 0:
+            raise click.BadParameter(f"{v!r}: give NAME=MILLISECONDS, NAME one of "
+                                     f"{', '.join(bench_run.loadgen.SLOS)}, e.g. ttft_ms=500")
+        out[k] = limit
+    return tuple(sorted(out.items()))
+
+
+@cli.group()
+@click.option("--results", type=click.Path(file_okay=False, path_type=Path), default="/var/lib/onedotzero/bench",
+              show_default=True, envvar="ONEDOTZERO_BENCH_RESULTS", help="The folder of recorded runs.")
+@click.pass_context
+def bench(ctx: click.Context, results: Path) -> None:
+    """Measure the cluster's inference and name its bottleneck: recorded runs, compared, reported.
+
+    \b
+    Example:
+      ./cluster.py bench run --concurrency 1,2,4 --shape 128:64 --slo ttft_ms=1000 --label usb4
+      ./cluster.py bench list
+      ./cluster.py bench compare usb4 gbe
+      ./cluster.py bench report usb4 gbe -o report.html
+    """
+    ctx.meta["bench_results"] = results
+
+
+def _results() -> Path:
+    return click.get_current_context().meta["bench_results"]
+
+
+@bench.command("setup")
+@pass_state
+def bench_setup(state: State) -> None:
+    """Install the load generator (AIPerf, pinned) into the cache, once; needs PyPI (`bench run` does it too)."""
+    click.echo(bench_run.loadgen.install(state.inv.image.cache))
+
+
+@bench.command("run")
+@click.option("--concurrency", default="1,2,4", show_default=True, callback=_ints, help="Concurrent streams per point.")
+@click.option("--shape", "shapes", multiple=True, callback=_shapes, metavar="PROMPT:OUTPUT",
+              help="Prompt and output tokens per request (repeat; default 128:64).")
+@click.option("--requests", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Requests per load point (at least its concurrency).")
+@click.option("--slo", multiple=True, callback=_slo, metavar="NAME=MS",
+              help="Goodput counts requests within every SLO: ttft_ms, itl_ms, e2e_ms (repeat).")
+@click.option("--label", help="A name for the run (its id is <UTC time>-<label>).")
+@click.option("--no-probes", is_flag=True, help="The load alone: no bandwidth, fabric or llama-bench probes.")
+@pass_state
+def bench_run_cmd(state: State, concurrency: tuple[int, ...], shapes: tuple[tuple[int, int], ...], requests: int,
+                  slo: tuple[tuple[str, float], ...], label: str | None, no_probes: bool) -> None:
+    """Sweep the endpoint with AIPerf, probe the nodes and links, record everything as one run."""
+    sweep = bench_run.Sweep(concurrency, shapes, requests, slo, not no_probes, label=label)
+    path = bench_run.run(state.inv, sweep, _results(), lambda line: click.echo(line, err=True))
+    click.echo(path.name)
+
+
+@bench.command("list")
+def bench_list() -> None:
+    """The recorded runs, oldest first."""
+    _table(bench_results.list_rows(_results()))
+
+
+@bench.command("compare")
+@click.argument("a")
+@click.argument("b")
+def bench_compare(a: str, b: str) -> None:
+    """Two runs side by side: every load point both measured, and B's delta from A; then what differs in context."""
+    ra, rb = (bench_results.load(bench_results.resolve(_results(), x)) for x in (a, b))
+    _table(bench_results.compare_rows(ra, rb))
+    diff = bench_results.context_rows(ra, rb)
+    if len(diff) > 1:
+        click.echo()
+        _table(diff)
+
+
+@bench.command("report")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default="bench-report.html",
+              show_default=True)
+def bench_report_cmd(runs: tuple[str, ...], output: Path) -> None:
+    """One HTML report of the runs (plots, analysis, the binding constraint), from their stored data alone."""
+    data = [bench_results.load(bench_results.resolve(_results(), r)) for r in runs]
+    text = bench_report.render(data)
+    tmp = output.with_name(f".{output.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(output)
+    except OSError as e:
+        raise UserError(f"cannot write the report to {output}: {e.strerror}", "give -o a path in a folder you can "
+                        "write") from None
+    click.echo(bench_report.conclusion(data, [bench_report.analysis.analyse(d) for d in data]))
+    click.echo(f"report: {output}", err=True)
 
 
 # --- testbed ---------------------------------------------------------------------------------------

@@ -46,28 +46,44 @@ def plan_file(inv: Inventory) -> Path:
     return inv.image.cache / "inference" / "plan.json"
 
 
-def gguf_layers(path: Path) -> int:
-    """The model's layer count, read from its GGUF header (<architecture>.block_count)."""
-    from gguf import GGUFReader  # numpy-backed: imported only when a plan is made
+def gguf_header(path: Path) -> dict:
+    """The model facts a plan and a benchmark need, from its GGUF header: architecture, layers (block_count),
+    hidden size (embedding_length), and the weights' type (general.file_type, llama.cpp's LLAMA_FTYPE_*)."""
+    import gguf  # numpy-backed: imported only when a plan is made
 
-    reader = GGUFReader(str(path))
-    fields = reader.fields
+    fields = gguf.GGUFReader(str(path)).fields
     arch = bytes(fields["general.architecture"].parts[-1]).decode()
     count = fields.get(f"{arch}.block_count")
     if count is None:
         raise UserError(f"{path.name}: no {arch}.block_count in its GGUF header", "is it a complete model file?")
-    return int(count.parts[-1][0])
+    embd = fields.get(f"{arch}.embedding_length")
+    ftype = fields.get("general.file_type")
+    names = {t.value: t.name for t in gguf.LlamaFileType}
+    return {"architecture": arch, "layers": int(count.parts[-1][0]),
+            "embedding_length": int(embd.parts[-1][0]) if embd else None,
+            "file_type": names.get(int(ftype.parts[-1][0]), "unknown") if ftype else "unknown"}
+
+
+def gguf_layers(path: Path) -> int:
+    """The model's layer count, read from its GGUF header (<architecture>.block_count)."""
+    return gguf_header(path)["layers"]
+
+
+def backend(inv: Inventory) -> str:
+    """The backend the head's hardware profile names for the engine (cpu where it names none)."""
+    s = settings(inv)
+    head = inv.node(s.head)
+    return (head.profile.gpu.backend(s.engine) if head.profile.gpu else None) or "cpu"
 
 
 def make_plan(inv: Inventory) -> plan_mod.Plan:
     s = settings(inv)
     model = model_store(inv).get(ModelRef.parse(s.model))
     m = model.manifest
-    head = inv.node(s.head)
-    backend = (head.profile.gpu.backend(s.engine) if head.profile.gpu else None) or "cpu"
+    backend_ = backend(inv)
     if s.engine == "llama_cpp":
         file, _ = plan_mod.model_file(m)
-        return plan_mod.llama_cpp(inv, m, gguf_layers(model.path / "files" / file), backend, s.threads)
+        return plan_mod.llama_cpp(inv, m, gguf_layers(model.path / "files" / file), backend_, s.threads)
     raise UserError(f"engine {s.engine} is not available yet", "use engine: llama_cpp")
 
 

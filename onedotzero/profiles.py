@@ -37,6 +37,7 @@ class GpuFacts:
     vulkan_device: str  # a regex a `deviceName` of `vulkaninfo --summary` must match
     render_node: bool  # the admin user must be able to open /dev/dri/renderD*
     backends: tuple[tuple[str, str], ...]  # engine -> backend, e.g. (("llama_cpp", "vulkan"), ("vllm", "xpu"))
+    memory_gbs: float | None = None  # the GPU memory's bandwidth by spec, GB/s: `bench` compares decode with it
 
     def backend(self, engine: str) -> str | None:
         return dict(self.backends).get(engine)
@@ -140,7 +141,8 @@ def check_kernel(profile: HardwareProfile, d: DistroProfile, f: Fields | None = 
 
 
 def _gpu(f: Fields) -> GpuFacts | None:
-    g = f.mapping("gpu", {"vendor", "opencl_device", "vulkan_device", "render_node", "backends"}, None)
+    g = f.mapping("gpu", {"vendor", "opencl_device", "vulkan_device", "render_node", "backends", "memory_gbs"},
+                  None)
     if g is None:
         return None
     for key in ("opencl_device", "vulkan_device"):
@@ -151,7 +153,16 @@ def _gpu(f: Fields) -> GpuFacts | None:
     backends = g.mapping("backends", set(ENGINES), None)
     pairs = tuple((k, backends.get(k)) for k in ENGINES if backends is not None and backends.has(k))
     return GpuFacts(g.choice("vendor", GPU_VENDORS), g.get("opencl_device"), g.get("vulkan_device"),
-                    g.get("render_node", True, bool), pairs)
+                    g.get("render_node", True, bool), pairs, _bandwidth(g))
+
+
+def _bandwidth(g: Fields) -> float | None:
+    if not g.has("memory_gbs"):
+        return None
+    value = g.get("memory_gbs", kind=float)
+    if value <= 0:
+        g.fail(f"{value!r} is not a bandwidth", "GB/s as a positive number, e.g. 560", "memory_gbs")
+    return float(value)
 
 
 def _fabric(f: Fields) -> FabricPorts | None:

@@ -3,7 +3,9 @@ container nodes' image), a small generated model imported and pushed onto the no
 node2 (head) and node3 (an RPC worker over the fabric cable), served by the control node's nginx at /v1/ with a
 chat page at /chat/, reachable from a workstation network while the engines' own ports are not.
 
-One cluster serves every test here. Answers are gibberish (random weights): the mechanics are what is tested.
+One cluster serves every test here, `cluster.py bench` included (runs over the usb4 cable, the same cable
+shaped to gbe, and the head alone; one report of the three). Answers are gibberish (random weights): the
+mechanics are what is tested.
 """
 
 from __future__ import annotations
@@ -282,6 +284,108 @@ def test_an_interrupted_push_resumes_where_it_stopped(bed, workdir):
     wire = sent() - before
     assert wire < size - partial + (4 << 20), f"{wire} bytes crossed the port for the rest of {size - partial}"
     assert in_ns(bed, "models", "status", "--verify", "node3").returncode == 0
+
+
+def variant(bed: Testbed, name: str, **changes) -> str:
+    """The testbed's inventory with the fabric's link kind or the inference section changed (same store and
+    cache: the plan in force and the models are shared)."""
+    import yaml
+
+    data = yaml.safe_load(bed.inv.path.read_text())
+    if "kind" in changes:
+        for link in data["fabric"]["links"]:
+            link["kind"] = changes["kind"]
+    data["inference"].update(changes.get("inference", {}))
+    path = bed.inv.path.with_name(f"{name}.yml")
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def cable(bed: Testbed, kind: str) -> None:
+    """The node2-node3 fabric cable shaped to a link kind's rate, both ends (as the testbed cables it)."""
+    for node, ifname in (("node2", "fab-node3"), ("node3", "fab-node2")):
+        shape(bed.containers[node].ns, ifname, profiles.link_kind(kind).rate_gbit)
+
+
+def bench(bed: Testbed, results, *args: str, inv: str | None = None, timeout: float = 900):
+    return run_cli("-i", inv or str(bed.inv.path), "bench", "--results", str(results), *args, netns=bed.ns,
+                   timeout=timeout)
+
+
+def test_bench_compares_links_and_one_node_and_names_the_bottleneck(bed, workdir):
+    """Three recorded runs on the same model: the split over a usb4 cable, the same over a gbe cable (the testbed's
+    cable reshaped to 1 Gbit/s; the inventory says gbe), and the head alone. Then one report of all three."""
+    res = workdir / "bench"
+    sweep = ("--concurrency", "1,2", "--shape", "32:16", "--requests", "4", "--slo", "ttft_ms=10000")
+    runs = {}
+    setup = run_cli("-i", str(bed.inv.path), "bench", "setup", timeout=1800)  # outside: PyPI is not in the testbed
+    assert setup.returncode == 0, setup.stderr
+    usb4 = bench(bed, res, "run", *sweep, "--label", "usb4")
+    assert usb4.returncode == 0, usb4.stdout + usb4.stderr
+    runs["usb4"] = usb4.stdout.strip()
+    gbe_inv = variant(bed, "gbe", kind="gbe")
+    cable(bed, "gbe")
+    try:
+        gbe = bench(bed, res, "run", *sweep, "--label", "gbe", inv=gbe_inv)
+    finally:
+        cable(bed, "usb4")
+    assert gbe.returncode == 0, gbe.stdout + gbe.stderr
+    runs["gbe"] = gbe.stdout.strip()
+    alone = variant(bed, "alone", inference={"workers": []})
+    try:
+        up = run_cli("-i", alone, "inference", "up", "--timeout", "300", netns=bed.ns, timeout=600)
+        assert up.returncode == 0, up.stdout + up.stderr
+        one = bench(bed, res, "run", *sweep, "--label", "one-node", inv=alone)
+    finally:
+        split = in_ns(bed, "inference", "up", "--timeout", "300")  # the split again, for what follows
+    assert one.returncode == 0, one.stdout + one.stderr
+    assert split.returncode == 0, split.stdout + split.stderr
+    runs["one-node"] = one.stdout.strip()
+
+    data = {k: json.loads((res / v / "run.json").read_text()) for k, v in runs.items()}
+    for label, run in data.items():
+        assert [p["name"] for p in run["points"]] == ["c1-p32-o16", "c2-p32-o16"], label
+        for p in run["points"]:
+            r = p["result"]
+            assert r["request_count"]["avg"] == 4 and not r["errors"], (label, r)
+            assert r["output_sequence_length"]["avg"] == 16, (label, r)  # ignore_eos: every request ran to length
+            assert r["output_token_throughput"]["avg"] > 0
+        assert run["context"]["model"]["sha256"] == data["usb4"]["context"]["model"]["sha256"], "one model"
+        assert run["context"]["images"]["node2"]["version"], run["context"]["images"]
+        assert run["probes"]["bandwidth_gbs"]["node2"] > 0.1
+        assert run["probes"]["engine_bench"]["generation"]["tokens_per_second"] > 0, run["probes"]["engine_bench"]
+    links = {k: data[k]["probes"]["links"][0] for k in ("usb4", "gbe")}
+    assert [data[k]["context"]["topology"]["links"][0]["kind"] for k in ("usb4", "gbe")] == ["usb4", "gbe"]
+    assert links["gbe"]["forward_gbit"] < 1.2 < links["usb4"]["forward_gbit"], links  # the cables as shaped
+    for k in ("usb4", "gbe"):
+        trips = data[k]["probes"]["round_trips"]
+        assert trips["completion_tokens"] == 32 and trips["fabric_bytes"] > 0, trips
+        assert trips["graph_computes"]["node3"] >= 32, trips  # the worker computed for every token
+    assert data["one-node"]["context"]["topology"]["nodes"] == ["node2"] and not data["one-node"]["probes"]["links"]
+    assert data["usb4"]["context"]["inventory"]["fingerprint"] != data["gbe"]["context"]["inventory"]["fingerprint"]
+
+    listed = bench(bed, res, "list")
+    assert listed.returncode == 0 and all(v in listed.stdout for v in runs.values()), listed.stdout
+    cmp = bench(bed, res, "compare", "usb4", "gbe")
+    assert cmp.returncode == 0 and "ITL p50 ms" in cmp.stdout and "topology.links" in cmp.stdout, cmp.stdout
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    html = ARTIFACTS / "bench-report.html"
+    made = bench(bed, res, "report", "usb4", "gbe", "one-node", "-o", str(html))
+    assert made.returncode == 0, made.stderr
+    last = made.stdout.strip().splitlines()[-1]
+    assert last.startswith("Binding constraint:") and "The link: gbe" in last, last
+    first = html.read_bytes()
+    again = bench(bed, res, "report", "usb4", "gbe", "one-node", "-o", str(html))
+    assert again.returncode == 0 and html.read_bytes() == first, "a report regenerated from stored runs is identical"
+    shot = ARTIFACTS / "bench-report.png"
+    shot.unlink(missing_ok=True)
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={workdir / 'chromium'}", "--window-size=1280,3000", f"--screenshot={shot}",
+                    html.as_uri()], capture_output=True, timeout=120)
+    print(f"report: {html}, screenshot: {shot}")
+    assert shot.stat().st_size > 20_000
 
 
 def test_inference_down_stops_every_engine_unit(bed):

@@ -1,0 +1,168 @@
+"""Measurements taken on the nodes for a run (over SSH, as the admin user), beside the load itself.
+
+  bandwidth(inv, node, n)     a STREAM-like copy: n processes (the engine's threads) each memcpy 256 MiB between
+                              two buffers already in memory, all at once; bytes read + written per second
+                              (STREAM's "Copy" convention), summed over the processes, best of 5 passes;
+                              python3 is on every node (Ansible needs it)
+  counters(inv, nodes, links) per node: CPU jiffies (/proc/stat), the fabric interfaces' byte counters
+                              (/proc/net/dev), the engine processes' RSS; taken before and after the load
+  rpc_round_trips(...)        graph computations the RPC workers logged between two times (inference.debug on):
+                              the blocking round trips a token waits for
+  engine_bench(inv, head, …)  llama-bench on the head alone: prompt processing and generation tokens/s
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from inference.artifacts import PREFIX
+from onedotzero import ssh
+from onedotzero.errors import UserError
+from onedotzero.inventory import Inventory, Node
+
+BANDWIDTH = r"""
+import multiprocessing as mp, sys, time
+n = 256 << 20
+passes = 5
+
+
+def copy(start, out):
+    a, b = bytearray(n), bytearray(n)
+    a[::4096] = b"\1" * (n // 4096)   # touch every page of both first: the copy measures memory, not page faults
+    b[::4096] = b"\1" * (n // 4096)
+    rates = []
+    for _ in range(passes):
+        start.wait()                     # every process copies at once: a pass's rates add up to the node's
+        t = time.perf_counter()
+        b[:] = a                         # one memcpy of n bytes into memory already mapped
+        rates.append(2 * n / (time.perf_counter() - t))
+    out.put(rates)
+
+
+procs = int(sys.argv[1])
+start, out = mp.Barrier(procs), mp.Queue()
+ps = [mp.Process(target=copy, args=(start, out)) for _ in range(procs)]
+for p in ps:
+    p.start()
+each = [out.get() for _ in ps]
+for p in ps:
+    p.join()
+print(max(sum(r[i] for r in each) for i in range(passes)) / 1e9)   # the best simultaneous pass
+"""
+
+COUNTERS = r"""
+import json, os, sys
+cpu = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+addrs = sys.argv[1].split(",") if sys.argv[1] else []
+# /proc/net/dev is this network namespace's view (a container's /sys/class/net may be its host's)
+dev = {}
+for line in open("/proc/net/dev").readlines()[2:]:
+    name, _, rest = line.partition(":")
+    f = rest.split()
+    dev[name.strip()] = (int(f[0]), int(f[8]))
+nets = {}
+import subprocess
+for a in json.loads(subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True).stdout or "[]"):
+    for info in a.get("addr_info", []):
+        if info.get("local") in addrs and a["ifname"] in dev:
+            rx, tx = dev[a["ifname"]]
+            nets[info["local"]] = {"ifname": a["ifname"], "rx_bytes": rx, "tx_bytes": tx}
+rss = 0
+for pid in os.listdir("/proc"):
+    if pid.isdigit():
+        try:
+            comm = open("/proc/%s/comm" % pid).read().strip()
+            if comm in ("llama-server", "rpc-server", "ggml-rpc-server"):
+                for line in open("/proc/%s/status" % pid):
+                    if line.startswith("VmRSS:"):
+                        rss += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+print(json.dumps({"cpu": {"busy": sum(cpu) - cpu[3] - cpu[4], "total": sum(cpu)}, "net": nets,
+                  "engine_rss": rss, "cpus": os.cpu_count()}))
+"""
+
+
+def _python(inv: Inventory, node: Node, code: str, *args: str, timeout: float = 120) -> str:
+    r = ssh.run(inv, node, shlex.join(["python3", "-c", code, *args]), timeout=timeout)
+    if not r.ok:
+        raise UserError(f"probe on {node.name} failed: {r.reason()}", "is the node up? `./cluster.py compute status`")
+    return r.stdout.strip()
+
+
+def bandwidth(inv: Inventory, node: Node, procs: int = 1) -> float:
+    """GB/s (read + written) of procs simultaneous 256 MiB memcpys on the node (as many as the engine's threads):
+    the memory bandwidth the engine's CPU threads can draw."""
+    return float(_python(inv, node, BANDWIDTH, str(procs)))
+
+
+def counters(inv: Inventory, nodes: list[Node], addresses: dict[str, list[str]]) -> dict[str, dict]:
+    """Each node's counters now; addresses[node] are its fabric addresses (whose interfaces are counted)."""
+    out = ssh.parallel(lambda n: json.loads(_python(inv, n, COUNTERS, ",".join(addresses.get(n.name, [])))), nodes)
+    return {n.name: c for n, c in zip(nodes, out, strict=True)}
+
+
+def usage(before: dict[str, dict], after: dict[str, dict], seconds: float) -> dict[str, dict]:
+    """Per node over the load: CPU busy share, fabric bytes each way per interface, the engine's RSS."""
+    result = {}
+    for name, a in after.items():
+        b = before[name]
+        total = a["cpu"]["total"] - b["cpu"]["total"]
+        busy = a["cpu"]["busy"] - b["cpu"]["busy"]
+        links = {addr: {"ifname": v["ifname"], "rx_bytes": v["rx_bytes"] - b["net"][addr]["rx_bytes"],
+                        "tx_bytes": v["tx_bytes"] - b["net"][addr]["tx_bytes"]}
+                 for addr, v in a["net"].items() if addr in b["net"]}
+        result[name] = {"cpu_busy": busy / total if total else 0.0, "seconds": seconds, "links": links,
+                        "engine_rss": a["engine_rss"], "cpus": a["cpus"]}
+    return result
+
+
+def _journal_count(inv: Inventory, node: Node, unit: str, since: str, until: str, pattern: str) -> int:
+    """Lines of unit's journal between two times matching pattern (grep's exit 1, no line, is a count of 0)."""
+    r = ssh.run(inv, node, f"set -o pipefail; sudo -n journalctl -u {unit} -o cat --no-pager --since '@{since}' "
+                           f"--until '@{until}' | grep -c -E {shlex.quote(pattern)}", timeout=60)
+    if r.returncode not in (0, 1) or not r.stdout.strip().isdigit():
+        raise UserError(f"reading {unit}'s journal on {node.name} failed: {r.reason()}",
+                        "is the node up and the admin allowed sudo?")
+    return int(r.stdout.strip())
+
+
+def rpc_round_trips(inv: Inventory, workers: list[Node], since: float, until: float) -> dict[str, int]:
+    """Graph computations each RPC worker ran between two times (epoch seconds): each is a blocking round trip
+    for the head. Logged only with inference.debug (GGML_RPC_DEBUG)."""
+    return {w.name: _journal_count(inv, w, "onedotzero-rpc-server", f"{since:.0f}", f"{until:.0f}",
+                                   r"graph_(re)?compute") for w in workers}
+
+
+LLAMA_BENCH = f"{PREFIX}/llama_cpp/current/bin/llama-bench"
+
+
+def engine_bench(inv: Inventory, head: Node, model_path: str, threads: int, prompt: int, gen: int) -> dict:
+    """llama-bench on the head alone (its GPU, or its CPU): prompt processing and generation tokens/s."""
+    cmd = shlex.join([LLAMA_BENCH, "-m", model_path, "-p", str(prompt), "-n", str(gen), "-t", str(threads),
+                      "-r", "2", "-o", "json"])
+    r = ssh.run(inv, head, cmd, timeout=900)
+    if not r.ok:
+        return {"error": f"llama-bench on {head.name}: {r.reason()}"}
+    try:
+        rows = json.loads(r.stdout)
+    except ValueError:
+        return {"error": f"llama-bench on {head.name} printed no JSON"}
+    out = {"node": head.name, "build": rows[0].get("build_commit") if rows else None}
+    for row in rows:
+        kind = "prompt" if row.get("n_prompt") else "generation"
+        out[kind] = {"tokens": row.get("n_prompt") or row.get("n_gen"), "tokens_per_second": row.get("avg_ts"),
+                     "stddev": row.get("stddev_ts"), "backend": row.get("backends")}
+    return out
+
+
+def image_versions(inv: Inventory, nodes: list[Node]) -> dict[str, dict]:
+    """The image each node runs: /etc/onedotzero-release (version, distro, roles), stamped by the image build."""
+    def one(n: Node) -> dict:
+        r = ssh.run(inv, n, "cat /etc/onedotzero-release", timeout=30)
+        if not r.ok:
+            return {"error": r.reason()}
+        pairs = (line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+        return {k.removeprefix("ONEDOTZERO_").lower(): v for k, v in pairs}
+    return dict(zip([n.name for n in nodes], ssh.parallel(one, nodes), strict=True))

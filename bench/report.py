@@ -1,0 +1,214 @@
+"""`cluster.py bench report RUN...`: one self-contained HTML file (plots as embedded PNG, made with matplotlib) from
+stored runs only. The same runs give the same bytes: no clock, no host name, PNGs without a Software stamp.
+
+  plots     latency vs load (TTFT, ITL, end to end), throughput vs concurrency (aggregate, per user), per-node
+            CPU and fabric traffic over the sweep (one bar per load point, in the order they ran)
+  analysis  per run: the decode time per token split into memory, link and the rest (bench/analysis.py)
+  last line the binding constraint and its evidence (and, across runs on different links, what the link costs)
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+
+from bench import analysis
+
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _series(run: dict, metric: str, stat: str) -> tuple[list[int], list[float]]:
+    first = run["points"][0]
+    pts = sorted((p for p in run["points"] if (p["prompt_tokens"], p["output_tokens"]) ==
+                  (first["prompt_tokens"], first["output_tokens"])), key=lambda p: p["concurrency"])
+    xs, ys = [], []
+    for p in pts:
+        v = p["result"].get(metric, {}).get(stat)
+        if v is not None:
+            xs.append(p["concurrency"])
+            ys.append(v)
+    return xs, ys
+
+
+def _concurrency_axis(ax, runs: list[dict], title: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel("concurrency")
+    ax.set_xticks(sorted({p["concurrency"] for r in runs for p in r["points"]}))
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+
+
+def _lines(plt, runs: list[dict], stat: str, size: tuple[float, float], panels: tuple[tuple[str, str], ...]) -> str:
+    """One panel per (metric, title): the statistic against concurrency, a line per run."""
+    fig, axes = plt.subplots(1, len(panels), figsize=size)
+    for (metric, title), ax in zip(panels, axes, strict=True):
+        for i, run in enumerate(runs):
+            xs, ys = _series(run, metric, stat)
+            ax.plot(xs, ys, "o-", color=COLORS[i % len(COLORS)], label=run["id"])
+        _concurrency_axis(ax, runs, title)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _plots(runs: list[dict]) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.hashsalt": "onedotzero", "font.size": 9})
+    out = [("Latency vs load", _lines(plt, runs, "p50", (12, 3.4), (
+                ("time_to_first_token", "TTFT p50 (ms)"), ("inter_token_latency", "ITL p50 (ms)"),
+                ("request_latency", "end-to-end p50 (ms)")))),
+           ("Throughput vs concurrency", _lines(plt, runs, "avg", (9, 3.4), (
+               ("output_token_throughput", "aggregate output tokens/s"),
+               ("output_token_throughput_per_user", "tokens/s per stream"))))]
+    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 2.6 * len(runs)), squeeze=False)
+    for r, run in enumerate(runs):
+        names = [p["name"] for p in run["points"]]
+        nodes = sorted({n for p in run["points"] for n in p.get("nodes", {})})
+        width = 0.8 / max(len(nodes), 1)
+        for j, node in enumerate(nodes):
+            cpu = [p["nodes"].get(node, {}).get("cpu_busy", 0) * 100 for p in run["points"]]
+            wire = [sum(v["tx_bytes"] for v in p["nodes"].get(node, {}).get("links", {}).values()) /
+                    max(p["nodes"].get(node, {}).get("seconds", 1), 1e-9) / 1e3 for p in run["points"]]
+            xs = [k + j * width for k in range(len(names))]
+            axes[r][0].bar(xs, cpu, width, color=COLORS[j % len(COLORS)], label=node)
+            axes[r][1].bar(xs, wire, width, color=COLORS[j % len(COLORS)], label=node)
+        for ax, title in zip(axes[r], ("CPU busy (% of the node's CPUs)", "fabric sent (kB/s)"), strict=True):
+            ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))], names, fontsize=7)
+            ax.set_title(f"{run['id']}: {title}", fontsize=8)
+            ax.grid(alpha=0.3, axis="y")
+        axes[r][0].legend(fontsize=7)
+    fig.tight_layout()
+    out.append(("Per-node utilisation and link traffic over the sweep", _png(fig)))
+    return out
+
+
+def _fmt(x, spec: str = ".2f", none: str = "-") -> str:
+    return none if x is None else format(x, spec)
+
+
+def _table(rows: list[tuple]) -> str:
+    head, *body = rows
+    th = "".join(f"<th>{html.escape(str(c))}</th>" for c in head)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in body)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+def _summary_rows(runs: list[dict], found: list[dict]) -> list[tuple]:
+    rows = [("run", "engine", "model", "weights", "nodes", "link", "measured Gbit/s", "RTT ms", "ITL ms (c=1)",
+             "memory ms/token", "link ms/token", "roofline tokens/s", "binding")]
+    for run, a in zip(runs, found, strict=True):
+        c, lnk = run["context"], a["link"]
+        rows.append((run["id"], f"{c['engine']['name']} {c['engine']['version']} ({c['engine']['backend']})",
+                     c["model"]["ref"], c["model"]["weights"], "+".join(c["topology"]["nodes"]),
+                     ",".join(lnk.get("kinds", [])) or "none", _fmt(lnk.get("gbit")), _fmt(lnk.get("rtt_ms"), ".3f"),
+                     _fmt(a["itl_ms"]), _fmt(a["memory"].get("ms_per_token"), ".3f"),
+                     _fmt(lnk.get("ms_per_token"), ".3f"), _fmt(a["memory"].get("roofline_tokens_per_second"), ".1f"),
+                     a.get("binding", "-")))
+    return rows
+
+
+def _point_rows(run: dict) -> list[tuple]:
+    rows = [("point", "requests", "TTFT p50", "TTFT p99", "ITL p50", "E2E p50", "tokens/s/user", "tokens/s",
+             "goodput req/s", "errors")]
+    for p in run["points"]:
+        def g(m: str, s: str, r: dict = p["result"]) -> str:
+            return _fmt(r.get(m, {}).get(s))
+        rows.append((p["name"], p["requests"], g("time_to_first_token", "p50"), g("time_to_first_token", "p99"),
+                     g("inter_token_latency", "p50"), g("request_latency", "p50"),
+                     g("output_token_throughput_per_user", "avg"), g("output_token_throughput", "avg"),
+                     g("goodput", "avg"), len(p["result"].get("errors", []))))
+    return rows
+
+
+def _analysis_html(run: dict, a: dict) -> str:
+    pr, sc, b = a["prefill"], a["scaling"], a["busiest"]
+    lines = []
+    for node, v in a["memory"]["nodes"].items():
+        lines.append(f"{node}: {v['layers']} layers, {v['bytes_per_token'] / 1e6:.2f} MB read per token at "
+                     f"{_fmt(v['bandwidth_gbs'], '.1f')} GB/s ({v['source']}) = {_fmt(v['ms_per_token'], '.3f')} ms")
+    lnk = a["link"]
+    if lnk:
+        lines.append(f"fabric ({', '.join(lnk['kinds'])}): {lnk['bytes_per_token'] / 1e3:.2f} kB per token, "
+                     f"{_fmt(lnk['round_trips_per_token'])} blocking round trips per token, measured "
+                     f"{_fmt(lnk['gbit'])} Gbit/s and {_fmt(lnk['rtt_ms'], '.3f')} ms RTT: "
+                     f"{_fmt(lnk.get('ms_per_token'), '.3f')} ms per token; at the kind's nominal "
+                     f"{_fmt(lnk['nominal_rtt_ms'], '.3f')} ms RTT: {_fmt(lnk.get('ms_per_token_nominal'), '.3f')} ms")
+    if pr.get("tokens_per_second"):
+        lines.append(f"prefill: {_fmt(pr['prompt_tokens'], '.0f')} prompt tokens in {_fmt(pr['ttft_ms'])} ms = "
+                     f"{pr['tokens_per_second']:.1f} tokens/s through the endpoint; the head alone (llama-bench): "
+                     f"{_fmt(pr['engine_alone'], '.1f')} tokens/s")
+    if sc.get("gain"):
+        lines.append(f"concurrency {sc['points'][0][0]} -> {sc['points'][-1][0]}: aggregate tokens/s x{sc['gain']:.2f} "
+                     f"(ideal x{sc['ideal']:.0f})")
+    if b:
+        lines.append(f"busiest CPU over the sweep: {b[0]}, {b[1] * 100:.0f}% of its CPUs")
+    items = "".join(f"<li>{html.escape(x)}</li>" for x in lines)
+    return f"<ul>{items}</ul><p class=verdict>{html.escape(a['verdict'])}</p>"
+
+
+def _same_but_link(run: dict) -> str:
+    """What must be equal for two runs' difference to be the link's: engine, model, nodes and their layers."""
+    c = run["context"]
+    return json.dumps([c["engine"], c["model"]["sha256"], c["topology"]["nodes"], c["topology"]["layers"],
+                       run["sweep"]["shapes"]], sort_keys=True)
+
+
+def link_cost(runs: list[dict], found: list[dict]) -> str | None:
+    """Across runs that differ only in the link kind: what the slower link costs per token (measured ITL)."""
+    keyed = {}
+    for run, a in zip(runs, found, strict=True):
+        kinds = tuple(a["link"].get("kinds", []))
+        if kinds and a["itl_ms"] and a["link"].get("measured"):
+            keyed.setdefault(kinds, (run, a))
+    same = {_same_but_link(r) for r, _ in keyed.values()}
+    if len(keyed) < 2 or len(same) > 1:
+        return None
+    (ka, (ra, aa)), (kb, (rb, ab)) = sorted(keyed.items(), key=lambda kv: kv[1][1]["link"].get("gbit") or 0)[:2]
+    d = aa["itl_ms"] - ab["itl_ms"]
+    est = (aa["link"].get("ms_per_token") or 0) - (ab["link"].get("ms_per_token") or 0)
+    return (f"The link: {','.join(ka)} ({ra['id']}) vs {','.join(kb)} ({rb['id']}): decode {aa['itl_ms']:.2f} vs "
+            f"{ab['itl_ms']:.2f} ms per token ({d:+.2f} ms measured; {est:+.3f} ms from the link's bytes and round "
+            f"trips at the measured rates).")
+
+
+def render(runs: list[dict]) -> str:
+    found = [analysis.analyse(r) for r in runs]
+    parts = ["<!doctype html><html><head><meta charset=utf-8><title>onedotzero bench report</title><style>",
+             "body{font-family:sans-serif;margin:1.5em;max-width:1200px}table{border-collapse:collapse;font-size:12px;"
+             "margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eee}"
+             "td:first-child{text-align:left}.verdict{font-weight:bold}pre{font-size:11px;background:#f6f6f6}"
+             "#conclusion{font-size:15px;font-weight:bold;border-top:2px solid #333;padding-top:.5em}</style></head>",
+             f"<body><h1>onedotzero bench report</h1><p>runs: {html.escape(', '.join(r['id'] for r in runs))}</p>",
+             "<h2>Summary</h2>", _table(_summary_rows(runs, found))]
+    for title, src in _plots(runs):
+        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{src}'>")
+    for run, a in zip(runs, found, strict=True):
+        parts += [f"<h2>Run {html.escape(run['id'])}</h2>", _table(_point_rows(run)), "<h3>Analysis</h3>",
+                  _analysis_html(run, a), "<details><summary>context</summary><pre>",
+                  html.escape(json.dumps(run["context"], indent=1, sort_keys=True)), "</pre></details>"]
+    parts.append(f"<p id=conclusion>{html.escape(conclusion(runs, found))}</p></body></html>\n")
+    return "".join(parts)
+
+
+def conclusion(runs: list[dict], found: list[dict]) -> str:
+    """The report's last line: the binding constraint with its evidence (per run when there are several)."""
+    cost = link_cost(runs, found)
+    if len(runs) == 1:
+        return found[0]["verdict"]
+    per = "; ".join(f"{r['id']}: {a.get('binding', 'no verdict')}" for r, a in zip(runs, found, strict=True))
+    return f"{found[-1]['verdict']} Across runs: {per}." + (f" {cost}" if cost else "")
