@@ -181,9 +181,13 @@ def link_cost(runs: list[dict], found: list[dict]) -> str | None:
     (ka, (ra, aa)), (kb, (rb, ab)) = sorted(keyed.items(), key=lambda kv: kv[1][1]["link"].get("gbit") or 0)[:2]
     d = aa["itl_ms"] - ab["itl_ms"]
     est = (aa["link"].get("ms_per_token") or 0) - (ab["link"].get("ms_per_token") or 0)
-    return (f"The link: {','.join(ka)} ({ra['id']}) vs {','.join(kb)} ({rb['id']}): decode {aa['itl_ms']:.2f} vs "
+    line = (f"The link: {','.join(ka)} ({ra['id']}) vs {','.join(kb)} ({rb['id']}): decode {aa['itl_ms']:.2f} vs "
             f"{ab['itl_ms']:.2f} ms per token ({d:+.2f} ms measured; {est:+.3f} ms from the link's bytes and round "
             f"trips at the measured rates).")
+    if est > 0 and d / est >= 2:
+        line += (f" The measured difference is {d / est:.1f}x what those explain: the rest is not in an idle link's "
+                 f"rate and RTT (queueing on the link under load, or run-to-run noise: repeat the runs).")
+    return line
 
 
 def render(runs: list[dict]) -> str:

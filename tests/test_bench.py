@@ -146,6 +146,7 @@ def test_a_report_regenerated_from_stored_runs_is_identical(tmp_path):
     last = first.rsplit("<p id=conclusion>", 1)[1]
     assert last.startswith("Binding constraint: memory bandwidth") and "The link: gbe" in last
     assert "+5.00 ms measured" in last  # 25 vs 20 ms per token
+    assert "+0.032 ms from the link" in last and "158.5x what those explain" in last  # 5 / (0.1606 - 0.1290)
 
 
 def test_results_are_published_whole_and_found_by_id_label_or_prefix(tmp_path):
