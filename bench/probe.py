@@ -6,6 +6,7 @@
                               python3 is on every node (Ansible needs it)
   counters(inv, nodes, links) per node: CPU jiffies (/proc/stat), the fabric interfaces' byte counters
                               (/proc/net/dev), the engine processes' RSS; taken before and after the load
+  Sampler(...)                once a second during the sweep, per node: CPU busy, fabric bytes/s (the timeline)
   rpc_round_trips(...)        graph computations the RPC workers logged between two times (inference.debug on):
                               the blocking round trips a token waits for
   engine_bench(inv, head, …)  llama-bench on the head alone: prompt processing and generation tokens/s
@@ -15,6 +16,9 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
+import threading
+import time
 
 from inference.artifacts import PREFIX
 from onedotzero import ssh
@@ -82,6 +86,84 @@ for pid in os.listdir("/proc"):
 print(json.dumps({"cpu": {"busy": sum(cpu) - cpu[3] - cpu[4], "total": sum(cpu)}, "net": nets,
                   "engine_rss": rss, "cpus": os.cpu_count()}))
 """
+
+
+SAMPLER = r"""
+import json, subprocess, sys, time
+interval, addrs = float(sys.argv[1]), set(sys.argv[2].split(",")) - {""}
+ifs = {a["ifname"] for a in json.loads(subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True,
+                                                      text=True).stdout or "[]")
+       if any(i.get("local") in addrs for i in a.get("addr_info", []))}
+
+
+def read():
+    cpu = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    rx = tx = 0
+    for line in open("/proc/net/dev").readlines()[2:]:
+        name, _, rest = line.partition(":")
+        if name.strip() in ifs:
+            f = rest.split()
+            rx, tx = rx + int(f[0]), tx + int(f[8])
+    return time.monotonic(), sum(cpu) - cpu[3] - cpu[4], sum(cpu), tx, rx
+
+
+prev = read()
+while True:
+    time.sleep(interval)
+    cur = read()
+    dt, total = cur[0] - prev[0], cur[2] - prev[2]
+    print(json.dumps([(cur[1] - prev[1]) / total if total else 0.0, (cur[3] - prev[3]) / dt, (cur[4] - prev[4]) / dt]),
+          flush=True)
+    prev = cur
+"""
+
+
+class Sampler:
+    """Per node, once a second during the sweep: CPU busy share and fabric bytes/s sent and received, from one
+    long-lived SSH session per node running a small loop (it wakes once a second: no load worth measuring).
+    Samples are stamped on arrival with the control node's clock, so the nodes' clocks do not matter."""
+
+    def __init__(self, inv: Inventory, nodes: list[Node], addresses: dict[str, list[str]], interval: float = 1.0):
+        self.inv, self.nodes, self.addresses, self.interval = inv, nodes, addresses, interval
+        self.start = 0.0
+        self.samples: dict[str, list[list[float]]] = {n.name: [] for n in nodes}
+        self.procs: list[subprocess.Popen] = []
+        self.threads: list[threading.Thread] = []
+
+    def _read(self, name: str, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                cpu, tx, rx = json.loads(line)
+            except ValueError:
+                continue
+            self.samples[name].append([round(time.monotonic() - self.start, 3), cpu, tx, rx])
+
+    def __enter__(self) -> Sampler:
+        self.start = time.monotonic()
+        for n in self.nodes:
+            cmd = shlex.join(["python3", "-u", "-c", SAMPLER, f"{self.interval:g}",
+                              ",".join(self.addresses.get(n.name, []))])
+            proc = subprocess.Popen(ssh.argv(self.inv, n, cmd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, text=True)
+            self.procs.append(proc)
+            t = threading.Thread(target=self._read, args=(n.name, proc), daemon=True)
+            t.start()
+            self.threads.append(t)
+        return self
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.start, 3)
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs:  # the session closes; the loop's next print fails and it exits
+            proc.terminate()
+        for proc, t in zip(self.procs, self.threads, strict=True):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            t.join(5)
 
 
 def _python(inv: Inventory, node: Node, code: str, *args: str, timeout: float = 120) -> str:

@@ -2,7 +2,7 @@
 stored runs only. The same runs give the same bytes: no clock, no host name, PNGs without a Software stamp.
 
   plots     latency vs load (TTFT, ITL, end to end), throughput vs concurrency (aggregate, per user), per-node
-            CPU and fabric traffic over the sweep (one bar per load point, in the order they ran)
+            CPU and fabric traffic over the sweep (sampled once a second; each load point's time shaded)
   analysis  per run: the decode time per token split into memory, link and the rest (bench/analysis.py)
   last line the binding constraint and its evidence (and, across runs on different links, what the link costs)
 """
@@ -77,21 +77,24 @@ def _plots(runs: list[dict]) -> list[tuple[str, str]]:
                ("output_token_throughput_per_user", "tokens/s per stream"))))]
     fig, axes = plt.subplots(len(runs), 2, figsize=(11, 2.6 * len(runs)), squeeze=False)
     for r, run in enumerate(runs):
-        names = [p["name"] for p in run["points"]]
-        nodes = sorted({n for p in run["points"] for n in p.get("nodes", {})})
-        width = 0.8 / max(len(nodes), 1)
-        for j, node in enumerate(nodes):
-            cpu = [p["nodes"].get(node, {}).get("cpu_busy", 0) * 100 for p in run["points"]]
-            wire = [sum(v["tx_bytes"] for v in p["nodes"].get(node, {}).get("links", {}).values()) /
-                    max(p["nodes"].get(node, {}).get("seconds", 1), 1e-9) / 1e3 for p in run["points"]]
-            xs = [k + j * width for k in range(len(names))]
-            axes[r][0].bar(xs, cpu, width, color=COLORS[j % len(COLORS)], label=node)
-            axes[r][1].bar(xs, wire, width, color=COLORS[j % len(COLORS)], label=node)
+        timeline = run.get("timeline", {}).get("nodes", {})
+        for j, node in enumerate(sorted(timeline)):
+            rows = timeline[node]
+            ts = [x[0] for x in rows]
+            axes[r][0].plot(ts, [x[1] * 100 for x in rows], color=COLORS[j % len(COLORS)], label=node)
+            axes[r][1].plot(ts, [x[2] / 1e3 for x in rows], color=COLORS[j % len(COLORS)], label=node)
         for ax, title in zip(axes[r], ("CPU busy (% of the node's CPUs)", "fabric sent (kB/s)"), strict=True):
-            ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))], names, fontsize=7)
-            ax.set_title(f"{run['id']}: {title}", fontsize=8)
-            ax.grid(alpha=0.3, axis="y")
-        axes[r][0].legend(fontsize=7)
+            for k, p in enumerate(run["points"]):  # each load point's time, shaded and named
+                if "window" in p:
+                    ax.axvspan(*p["window"], color="#eee" if k % 2 else "#ddd", zorder=0)
+                    ax.text(p["window"][0], 1.0, p["name"], transform=ax.get_xaxis_transform(), fontsize=6,
+                            va="bottom")
+            ax.set_title(f"{run['id']}: {title}", fontsize=8, pad=12)
+            ax.set_xlabel("seconds into the sweep")
+            ax.set_ylim(bottom=0)
+            ax.grid(alpha=0.3)
+        if timeline:
+            axes[r][0].legend(fontsize=7)
     fig.tight_layout()
     out.append(("Per-node utilisation and link traffic over the sweep", _png(fig)))
     return out

@@ -5,7 +5,8 @@ node (in the virtual cluster: in the testbed's namespace, which plays it). The o
                   type, topology (head, workers, the links between them and their kind), inventory fingerprint
   2. probes       per serving node a STREAM-like memory bandwidth; the fabric's links between them (iperf3 and
                   ping, as `fabric test`); llama-bench on the head alone
-  3. sweep        AIPerf at every (prompt, output) shape x concurrency, node counters read between points
+  3. sweep        AIPerf at every (prompt, output) shape x concurrency, node counters read between points and
+                  sampled once a second throughout (the timeline)
   4. round trips  one request of known length, the RPC workers' graph computations counted for it (debug on)
   5. publish      run.json with everything, in the results folder, renamed into place whole
 """
@@ -193,25 +194,29 @@ def run(inv: Inventory, sweep: Sweep, results_dir: Path, say: Callable[[str], No
         metrics = [f"http://{head['address']}:{head['port']}/metrics"]
         points = []
         before = probe.counters(inv, nodes, addrs)
-        for point in sweep.points():
-            t0 = time.monotonic()
-            with step(f"bench: {point.name} ({point.requests} requests)"):
-                result = loadgen.profile(aiperf, url, plan["model"]["name"], point, tmp / "points" / point.name,
-                                         dict(sweep.slo), metrics, api_key, REQUEST_FIELDS[plan["engine"]])
-            after = probe.counters(inv, nodes, addrs)
-            points.append({"name": point.name, "concurrency": point.concurrency,
-                           "prompt_tokens": point.prompt_tokens, "output_tokens": point.output_tokens,
-                           "requests": point.requests, "result": result,
-                           "nodes": probe.usage(before, after, time.monotonic() - t0)})
-            before = after
-            tps = result.get("output_token_throughput", {}).get("avg")
-            say(f"{point.name}: {tps:.1f} tokens/s" if tps is not None else f"{point.name}: no tokens")
+        with probe.Sampler(inv, nodes, addrs) as sampler:
+            for point in sweep.points():
+                t0, start = time.monotonic(), sampler.now()
+                with step(f"bench: {point.name} ({point.requests} requests)"):
+                    result = loadgen.profile(aiperf, url, plan["model"]["name"], point, tmp / "points" / point.name,
+                                             dict(sweep.slo), metrics, api_key, REQUEST_FIELDS[plan["engine"]])
+                end = sampler.now()
+                after = probe.counters(inv, nodes, addrs)
+                points.append({"name": point.name, "concurrency": point.concurrency,
+                               "prompt_tokens": point.prompt_tokens, "output_tokens": point.output_tokens,
+                               "requests": point.requests, "result": result, "window": [start, end],
+                               "nodes": probe.usage(before, after, time.monotonic() - t0)})
+                before = after
+                tps = result.get("output_token_throughput", {}).get("avg")
+                say(f"{point.name}: {tps:.1f} tokens/s" if tps is not None else f"{point.name}: no tokens")
+        timeline = {"interval": sampler.interval, "columns": ["seconds", "cpu_busy", "fabric_tx_Bps", "fabric_rx_Bps"],
+                    "nodes": sampler.samples}
         trips = round_trips(inv, plan, url, ctx, api_key) if sweep.probes else {}
         run_data = {"schema": SCHEMA, "id": run_id, "context": ctx, "sweep": {
             "concurrency": list(sweep.concurrency), "shapes": [list(x) for x in sweep.shapes],
             "requests": sweep.requests, "slo": dict(sweep.slo), "load_generator": f"aiperf {loadgen.AIPERF}",
             "request_fields": REQUEST_FIELDS[plan["engine"]]},
-            "probes": {**measured, "round_trips": trips}, "points": points}
+            "probes": {**measured, "round_trips": trips}, "points": points, "timeline": timeline}
         return results.publish(tmp, run_data)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """What `bench run`'s telemetry costs the engine (goal: <= 3% of output tokens/s).
 
-During a load point the only telemetry is AIPerf scraping the engine's Prometheus /metrics (its
-`--server-metrics`); the nodes' CPU and fabric counters are read between points, never during one. So: the same
+During a load point the telemetry is AIPerf scraping the engine's Prometheus /metrics (its `--server-metrics`)
+and, on every node, the once-a-second sampler of CPU and fabric counters (bench/probe.py's SAMPLER). So: the same
 load point against one llama-server (the toolkit's own llama.cpp build, from the artifact cache; a small
-generated model; loopback only; the engine pinned to one CPU and AIPerf to the others), alternately with and
-without the scraping, several rounds after a warm-up; the median tokens/s of each side by side, their ratio,
-and the round-to-round spread that bounds what the ratio can resolve.
+generated model; loopback only; the engine and the sampler pinned to one CPU, AIPerf to the others),
+alternately with and without both, several rounds after a warm-up; the median tokens/s of each side by side,
+their ratio, and the round-to-round spread that bounds what the ratio can resolve.
 
     sudo .venv/bin/python benchmarks/bench_telemetry.py [--rounds 3] [--concurrency 2] [--requests 24]
 Needs the llama.cpp artifact (built by `make image` or the test suite) and AIPerf (installed on first use).
@@ -28,7 +28,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import loadgen  # noqa: E402
+from bench import loadgen, probe  # noqa: E402
 from inference import artifacts  # noqa: E402
 from onedotzero import inventory, paths, profiles, yamlfile  # noqa: E402
 from testbed.tiny_model import write_gguf  # noqa: E402
@@ -36,7 +36,7 @@ from testbed.tiny_model import write_gguf  # noqa: E402
 PORT = 18631
 
 
-def server(work: Path, inv) -> subprocess.Popen:
+def server(work: Path, inv) -> tuple[subprocess.Popen, int]:
     build = artifacts.engine("llama_cpp", "cpu")
     tar = artifacts.artifact_path(inv.image.cache, build, profiles.distro("debian-12"))
     if not tar.is_file():
@@ -55,7 +55,7 @@ def server(work: Path, inv) -> subprocess.Popen:
     while time.monotonic() < deadline:
         try:
             if requests.get(f"http://127.0.0.1:{PORT}/health", timeout=2).status_code == 200:
-                return proc
+                return proc, last
         except requests.RequestException:
             pass
         time.sleep(0.5)
@@ -77,15 +77,23 @@ def main() -> None:
     tps: dict[str, list[float]] = {"without": [], "with": []}
     with tempfile.TemporaryDirectory(prefix="odz-telemetry-") as tmp:
         work = Path(tmp)
-        proc = server(work, inv)
+        proc, engine_cpu = server(work, inv)
         try:
             loadgen.profile(aiperf, url, "tiny", point, work / "warm-up", {}, [])  # a fresh server's first load: slow
             for r in range(args.rounds):
                 for side in ("without", "with") if r % 2 == 0 else ("with", "without"):  # alternate the order
                     metrics = [f"{url}/metrics"] if side == "with" else []
-                    out = loadgen.profile(aiperf, url, "tiny", point, work / f"{side}-{r}", {}, metrics)
+                    # with: also the per-second sampler a node runs during a sweep, on the engine's own CPU
+                    sampler = subprocess.Popen(["taskset", "-c", str(engine_cpu), sys.executable, "-c", probe.SAMPLER,
+                                                "1", ""], stdout=subprocess.DEVNULL) if side == "with" else None
+                    try:
+                        out = loadgen.profile(aiperf, url, "tiny", point, work / f"{side}-{r}", {}, metrics)
+                    finally:
+                        if sampler:
+                            sampler.kill()
+                            sampler.wait()
                     tps[side].append(out["output_token_throughput"]["avg"])
-                    print(f"round {r + 1} {side:7} scraping: {tps[side][-1]:.1f} tokens/s", flush=True)
+                    print(f"round {r + 1} {side:7} telemetry: {tps[side][-1]:.1f} tokens/s", flush=True)
         finally:
             proc.terminate()
             proc.wait(30)

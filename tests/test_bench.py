@@ -49,8 +49,12 @@ def a_run(run_id: str = "20261129T060000Z-usb4", kind: str = "usb4", gbit: float
                    "engine_bench": {"prompt": {"tokens_per_second": 700.0}, "generation": {"tokens_per_second": 50}},
                    "round_trips": {"completion_tokens": 32, "prompt_tokens": 10, "fabric_bytes": 32 * 4000,
                                    "graph_computes": {"node3": 40}}},
-        "points": [point(1, itl, 200.0, 1000 / itl, {"node2": 0.5, "node3": 0.4}),
-                   point(2, itl * 1.2, 300.0, 1.6 * 1000 / itl, {"node2": 0.9, "node3": 0.6})],
+        "points": [{**point(1, itl, 200.0, 1000 / itl, {"node2": 0.5, "node3": 0.4}), "window": [0.1, 5.0]},
+                   {**point(2, itl * 1.2, 300.0, 1.6 * 1000 / itl, {"node2": 0.9, "node3": 0.6}),
+                    "window": [5.2, 9.0]}],
+        "timeline": {"interval": 1.0, "columns": ["seconds", "cpu_busy", "fabric_tx_Bps", "fabric_rx_Bps"],
+                     "nodes": {n: [[t + 0.5, 0.1 * t % 1, 1000.0 * t, 500.0 * t] for t in range(10)]
+                               for n in ("node2", "node3")}},
     }
 
 

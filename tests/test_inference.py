@@ -362,6 +362,13 @@ def test_bench_compares_links_and_one_node_and_names_the_bottleneck(bed, workdir
         assert trips["completion_tokens"] == 32 and trips["fabric_bytes"] > 0, trips
         assert trips["graph_computes"]["node3"] >= 32, trips  # the worker computed for every token
     assert data["one-node"]["context"]["topology"]["nodes"] == ["node2"] and not data["one-node"]["probes"]["links"]
+    for label, run in data.items():  # the timeline: a sample a second per node through the sweep
+        tl, end = run["timeline"]["nodes"], run["points"][-1]["window"][1]
+        assert sorted(tl) == run["context"]["topology"]["nodes"], (label, sorted(tl))
+        for node, rows in tl.items():
+            assert len(rows) >= end - 3 and all(0 <= r[1] <= 1 for r in rows), (label, node, len(rows), end)
+        during = [r[2] for r in tl["node2"] if run["points"][0]["window"][0] <= r[0] <= run["points"][0]["window"][1]]
+        assert (max(during) > 0) == (label != "one-node"), (label, during)  # the split sends over the fabric
     assert data["usb4"]["context"]["inventory"]["fingerprint"] != data["gbe"]["context"]["inventory"]["fingerprint"]
 
     listed = bench(bed, res, "list")
