@@ -125,6 +125,25 @@ def summary(export: dict) -> dict:
     return kept
 
 
+def load_span(records: Path) -> list[float] | None:
+    """When the measured requests ran, wall clock (epoch seconds): the first start and the last end of AIPerf's
+    per-request records of the profiling phase (warm-up and AIPerf's own start-up excluded)."""
+    starts, ends = [], []
+    try:
+        lines = records.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        try:
+            meta = json.loads(line).get("metadata", {})
+        except ValueError:
+            continue
+        if meta.get("benchmark_phase") == "profiling" and meta.get("request_start_ns") and meta.get("request_end_ns"):
+            starts.append(meta["request_start_ns"])
+            ends.append(meta["request_end_ns"])
+    return [min(starts) / 1e9, max(ends) / 1e9] if starts else None
+
+
 def profile(aiperf: Path, url: str, model: str, point: Point, out: Path, slo: dict[str, float],
             metrics_urls: list[str], api_key: str | None = None, extra: dict | None = None,
             timeout: float = 3600) -> dict:
@@ -148,4 +167,4 @@ def profile(aiperf: Path, url: str, model: str, point: Point, out: Path, slo: di
         shown = " ".join(a for a in argv if a != api_key)
         raise UserError(f"AIPerf failed at {point.name} (exit code {proc.returncode}): {shown}\n{tail}",
                         f"its log: {out / 'logs/aiperf.log'}")
-    return summary(json.loads(export.read_text()))
+    return {**summary(json.loads(export.read_text())), "span": load_span(out / "profile_export.jsonl")}

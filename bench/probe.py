@@ -140,7 +140,7 @@ class Sampler:
             self.samples[name].append([round(time.monotonic() - self.start, 3), cpu, tx, rx])
 
     def __enter__(self) -> Sampler:
-        self.start = time.monotonic()
+        self.start, self.wall = time.monotonic(), time.time()
         for n in self.nodes:
             cmd = shlex.join(["python3", "-u", "-c", SAMPLER, f"{self.interval:g}",
                               ",".join(self.addresses.get(n.name, []))])
@@ -154,6 +154,10 @@ class Sampler:
 
     def now(self) -> float:
         return round(time.monotonic() - self.start, 3)
+
+    def since(self, epoch: float) -> float:
+        """A wall-clock time (this host's) on the timeline's axis."""
+        return round(epoch - self.wall, 3)
 
     def __exit__(self, *exc) -> None:
         for proc in self.procs:  # the session closes; the loop's next print fails and it exits

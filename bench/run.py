@@ -201,6 +201,9 @@ def run(inv: Inventory, sweep: Sweep, results_dir: Path, say: Callable[[str], No
                     result = loadgen.profile(aiperf, url, plan["model"]["name"], point, tmp / "points" / point.name,
                                              dict(sweep.slo), metrics, api_key, REQUEST_FIELDS[plan["engine"]])
                 end = sampler.now()
+                span = result.pop("span", None)  # the measured requests alone, without AIPerf's start-up
+                if span:
+                    start, end = sampler.since(span[0]), sampler.since(span[1])
                 after = probe.counters(inv, nodes, addrs)
                 points.append({"name": point.name, "concurrency": point.concurrency,
                                "prompt_tokens": point.prompt_tokens, "output_tokens": point.output_tokens,

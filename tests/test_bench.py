@@ -192,6 +192,17 @@ def test_the_aiperf_command_streams_and_counts_tokens_on_the_server(tmp_path):
         "c1-p16-o8", "c2-p16-o8", "c1-p32-o4", "c2-p32-o4"]
 
 
+def test_a_points_load_span_is_its_measured_requests_alone(tmp_path):
+    def record(phase: str, start: float, end: float) -> str:
+        return json.dumps({"metadata": {"benchmark_phase": phase, "request_start_ns": int(start * 1e9),
+                                        "request_end_ns": int(end * 1e9)}, "metrics": {}})
+    f = tmp_path / "profile_export.jsonl"
+    f.write_text("\n".join([record("warmup", 90, 99), record("profiling", 100, 101.5), record("profiling", 100.5, 103),
+                            "not json"]) + "\n")
+    assert loadgen.load_span(f) == pytest.approx([100, 103])
+    assert loadgen.load_span(tmp_path / "missing.jsonl") is None
+
+
 def test_bench_cli_reports_from_a_results_folder_and_refuses_bad_input(tmp_path):
     for r in (a_run(), a_run("20261129T061000Z-gbe", "gbe", 0.9, 25.0)):
         results.publish(results.staging(tmp_path, r["id"]), r)
