@@ -21,14 +21,20 @@ from onedotzero import profiles
 MB = 1e6
 
 
-def _point(run: dict) -> dict | None:
-    """The single-stream point: lowest concurrency of the first shape."""
+def first_shape(run: dict) -> list[dict]:
+    """The load points of the sweep's first (prompt, output) shape, by concurrency: what the analysis and the
+    plots compare."""
     pts = run.get("points", [])
     if not pts:
-        return None
+        return []
     first = (pts[0]["prompt_tokens"], pts[0]["output_tokens"])
-    same = [p for p in pts if (p["prompt_tokens"], p["output_tokens"]) == first]
-    return min(same, key=lambda p: p["concurrency"])
+    return sorted((p for p in pts if (p["prompt_tokens"], p["output_tokens"]) == first),
+                  key=lambda p: p["concurrency"])
+
+
+def _point(run: dict) -> dict | None:
+    """The single-stream point: lowest concurrency of the first shape."""
+    return next(iter(first_shape(run)), None)
 
 
 def _stat(point: dict | None, metric: str, stat: str = "p50") -> float | None:
@@ -96,11 +102,9 @@ def prefill(run: dict) -> dict:
 
 
 def scaling(run: dict) -> dict:
-    p = _point(run)
-    if p is None:
+    same = first_shape(run)
+    if not same:
         return {}
-    same = sorted((q for q in run["points"] if (q["prompt_tokens"], q["output_tokens"]) ==
-                   (p["prompt_tokens"], p["output_tokens"])), key=lambda q: q["concurrency"])
     tps = [(q["concurrency"], q["result"].get("output_token_throughput", {}).get("avg")) for q in same]
     tps = [(c, t) for c, t in tps if t]
     if len(tps) < 2:

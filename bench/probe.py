@@ -55,23 +55,37 @@ for p in ps:
 print(max(sum(r[i] for r in each) for i in range(passes)) / 1e9)   # the best simultaneous pass
 """
 
-COUNTERS = r"""
-import json, os, sys
-cpu = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-addrs = sys.argv[1].split(",") if sys.argv[1] else []
-# /proc/net/dev is this network namespace's view (a container's /sys/class/net may be its host's)
-dev = {}
-for line in open("/proc/net/dev").readlines()[2:]:
-    name, _, rest = line.partition(":")
-    f = rest.split()
-    dev[name.strip()] = (int(f[0]), int(f[8]))
-nets = {}
-import subprocess
-for a in json.loads(subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True).stdout or "[]"):
-    for info in a.get("addr_info", []):
-        if info.get("local") in addrs and a["ifname"] in dev:
-            rx, tx = dev[a["ifname"]]
-            nets[info["local"]] = {"ifname": a["ifname"], "rx_bytes": rx, "tx_bytes": tx}
+# Node-side readings both scripts below share (this network namespace's view: /proc/net/dev, not a container's
+# /sys/class/net, which may be its host's).
+READINGS = r"""
+import json, os, subprocess, sys, time
+
+
+def cpu():
+    j = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(j) - j[3] - j[4], sum(j)   # busy (all but idle and iowait), total jiffies
+
+
+def net():
+    dev = {}
+    for line in open("/proc/net/dev").readlines()[2:]:
+        name, _, rest = line.partition(":")
+        f = rest.split()
+        dev[name.strip()] = (int(f[0]), int(f[8]))   # rx, tx bytes
+    return dev
+
+
+def fabric(addrs):   # {address: interface} of the node's fabric addresses
+    out = subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True).stdout or "[]"
+    return {i["local"]: a["ifname"] for a in json.loads(out) for i in a.get("addr_info", [])
+            if i.get("local") in addrs}
+"""
+
+COUNTERS = READINGS + r"""
+busy, total = cpu()
+dev = net()
+nets = {addr: {"ifname": ifname, "rx_bytes": dev[ifname][0], "tx_bytes": dev[ifname][1]}
+        for addr, ifname in fabric(set(sys.argv[1].split(",")) - {""}).items() if ifname in dev}
 rss = 0
 for pid in os.listdir("/proc"):
     if pid.isdigit():
@@ -83,28 +97,20 @@ for pid in os.listdir("/proc"):
                         rss += int(line.split()[1]) * 1024
         except OSError:
             pass
-print(json.dumps({"cpu": {"busy": sum(cpu) - cpu[3] - cpu[4], "total": sum(cpu)}, "net": nets,
-                  "engine_rss": rss, "cpus": os.cpu_count()}))
+print(json.dumps({"cpu": {"busy": busy, "total": total}, "net": nets, "engine_rss": rss, "cpus": os.cpu_count()}))
 """
 
 
-SAMPLER = r"""
-import json, subprocess, sys, time
-interval, addrs = float(sys.argv[1]), set(sys.argv[2].split(",")) - {""}
-ifs = {a["ifname"] for a in json.loads(subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True,
-                                                      text=True).stdout or "[]")
-       if any(i.get("local") in addrs for i in a.get("addr_info", []))}
+SAMPLER = READINGS + r"""
+interval = float(sys.argv[1])
+ifs = set(fabric(set(sys.argv[2].split(",")) - {""}).values())
 
 
 def read():
-    cpu = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-    rx = tx = 0
-    for line in open("/proc/net/dev").readlines()[2:]:
-        name, _, rest = line.partition(":")
-        if name.strip() in ifs:
-            f = rest.split()
-            rx, tx = rx + int(f[0]), tx + int(f[8])
-    return time.monotonic(), sum(cpu) - cpu[3] - cpu[4], sum(cpu), tx, rx
+    busy, total = cpu()
+    dev = net()
+    return (time.monotonic(), busy, total, sum(dev[i][1] for i in ifs if i in dev),
+            sum(dev[i][0] for i in ifs if i in dev))
 
 
 prev = read()

@@ -29,11 +29,8 @@ def _png(fig) -> str:
 
 
 def _series(run: dict, metric: str, stat: str) -> tuple[list[int], list[float]]:
-    first = run["points"][0]
-    pts = sorted((p for p in run["points"] if (p["prompt_tokens"], p["output_tokens"]) ==
-                  (first["prompt_tokens"], first["output_tokens"])), key=lambda p: p["concurrency"])
     xs, ys = [], []
-    for p in pts:
+    for p in analysis.first_shape(run):
         v = p["result"].get(metric, {}).get(stat)
         if v is not None:
             xs.append(p["concurrency"])

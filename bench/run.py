@@ -79,8 +79,7 @@ def context(inv: Inventory, plan: dict, started: str) -> dict:
     stored = model_store(inv).get(ModelRef.parse(f"{m['name']}@{m['version']}"))
     header = inference.gguf_header(stored.path / "files" / m["file"])
     size = next(f.size for f in stored.manifest.files if f.path == m["file"])  # the file the engine loads
-    gpu = inv.node(head).profile.gpu
-    backend = (gpu.backend(plan["engine"]) if gpu else None) or "cpu"
+    backend = inference.backend(inv.node(head), plan["engine"])
     build = artifacts.engine(plan["engine"], backend)
     env = plan["nodes"][head]["env"]
     links = [{"name": link.name, "kind": link.kind, "ends": [e.node for e in link.ends], "mtu": link.mtu}

@@ -26,7 +26,7 @@ from inference import plan as plan_mod
 from models.store import ModelRef, model_store
 from onedotzero import ansible, compute, ssh
 from onedotzero.errors import UserError
-from onedotzero.inventory import Inventory
+from onedotzero.inventory import Inventory, Node
 from onedotzero.log import log, step
 
 UNITS = {"llama_cpp": {"head": "onedotzero-llama-server", "worker": "onedotzero-rpc-server"},
@@ -69,21 +69,19 @@ def gguf_layers(path: Path) -> int:
     return gguf_header(path)["layers"]
 
 
-def backend(inv: Inventory) -> str:
+def backend(head: Node, engine: str) -> str:
     """The backend the head's hardware profile names for the engine (cpu where it names none)."""
-    s = settings(inv)
-    head = inv.node(s.head)
-    return (head.profile.gpu.backend(s.engine) if head.profile.gpu else None) or "cpu"
+    return (head.profile.gpu.backend(engine) if head.profile.gpu else None) or "cpu"
 
 
 def make_plan(inv: Inventory) -> plan_mod.Plan:
     s = settings(inv)
     model = model_store(inv).get(ModelRef.parse(s.model))
     m = model.manifest
-    backend_ = backend(inv)
     if s.engine == "llama_cpp":
         file, _ = plan_mod.model_file(m)
-        return plan_mod.llama_cpp(inv, m, gguf_layers(model.path / "files" / file), backend_, s.threads)
+        return plan_mod.llama_cpp(inv, m, gguf_layers(model.path / "files" / file), backend(inv.node(s.head), s.engine),
+                                  s.threads)
     raise UserError(f"engine {s.engine} is not available yet", "use engine: llama_cpp")
 
 
