@@ -176,6 +176,8 @@ roles: []
 kernel_args: []
 """
 
+GPU = "gpu:\n  vendor: cpu\n  opencl_device: x\n  vulkan_device: x\n"
+
 # case -> (the profile's text, the fragment its one-line error must contain)
 PROFILES = {
     "unknown-key": (GOOD_PROFILE + "gpus: 2\n", ": unknown field 'gpus' (known fields: description, distro,"),
@@ -194,6 +196,9 @@ PROFILES = {
     "fabric-no-ports": (GOOD_PROFILE + "fabric: {ports: 0, match: {Driver: thunderbolt-net}}\n",
                         "fabric.ports: 0 ports: a profile with fabric ports has at least one"),
     "duplicate-key": (GOOD_PROFILE + "firmware: bios\n", "line 6: duplicate key firmware (first at line 2)"),
+    "gpu-bandwidth-negative": (GOOD_PROFILE + GPU + "  memory_gbs: -5\n",
+                               "gpu.memory_gbs: -5.0 is not a bandwidth (GB/s as a positive number, e.g. 560)"),
+    "gpu-bandwidth-text": (GOOD_PROFILE + GPU + "  memory_gbs: fast\n", "gpu.memory_gbs: 'fast' must be"),
 }
 
 
