@@ -69,6 +69,19 @@ def parts(plan: dict) -> tuple[str, list[str]]:
     return head, [n for n, v in plan["nodes"].items() if v["part"] == "worker"]
 
 
+def model_facts(stored, file: str) -> tuple[dict, int]:
+    """(layers, hidden size, weights' type; bytes of weights) from the model the engine loads: a GGUF's header, or
+    a Hugging Face directory's config.json and its safetensors files."""
+    if file.endswith(".gguf"):
+        return (inference.gguf_header(stored.path / "files" / file),
+                next(f.size for f in stored.manifest.files if f.path == file))
+    config = json.loads((stored.path / "files" / "config.json").read_text())
+    text = config.get("text_config", config)
+    header = {"layers": inference.hf_layers(stored.path / "files"), "embedding_length": text.get("hidden_size"),
+              "file_type": str(text.get("torch_dtype") or config.get("torch_dtype") or "unknown")}
+    return header, sum(f.size for f in stored.manifest.files if f.path.endswith(".safetensors"))
+
+
 def context(inv: Inventory, plan: dict, started: str) -> dict:
     """Runs on the control node: everything a run's figures depend on (step 1)."""
     s = inference.settings(inv)
@@ -77,8 +90,7 @@ def context(inv: Inventory, plan: dict, started: str) -> dict:
     nodes = [inv.node(n) for n in serving]
     m = plan["model"]
     stored = model_store(inv).get(ModelRef.parse(f"{m['name']}@{m['version']}"))
-    header = inference.gguf_header(stored.path / "files" / m["file"])
-    size = next(f.size for f in stored.manifest.files if f.path == m["file"])  # the file the engine loads
+    header, size = model_facts(stored, m["file"])
     backend = inference.backend(inv.node(head), plan["engine"])
     build = artifacts.engine(plan["engine"], backend)
     env = plan["nodes"][head]["env"]

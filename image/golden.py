@@ -306,13 +306,14 @@ def configure_tree(ctx: Context, layer: tuple[str, ...], stage: str) -> None:
 
 def ensure_artifacts(ctx: Context, inputs: dict) -> None:
     """Runs on the host and in a chroot of the base tree. In: the engines the image's roles install. Out: each one's
-    artefact in the cache (built only when missing: its key is the engine's version, backend, flags, distribution)."""
+    artefact in the cache (built only when missing: its key is the engine's version, backend, flags or lock, and
+    distribution)."""
     cfg = ctx.cfg
     for build, out in artifacts.needed(cfg.spec.roles, cfg.playbook_vars):
         if out.is_file():
             continue
         log.info("%s %s (%s): building the artefact %s", build.engine, build.version, build.backend, out.name)
-        source = artifacts.fetch_source(build, cfg.cache.parent / "downloads")
+        source = artifacts.fetch(build, cfg.distro, cfg.cache.parent / "downloads")
         side = Context(cfg, ctx.workspace / f"artifact-{build.engine}", ctx.keys, ctx.version)
         side.workspace.mkdir(parents=True, exist_ok=True)
         if not restore(side, "base"):

@@ -1,14 +1,15 @@
-"""Engine builds as cached artefacts: an engine compiled once per (version, backend, flags, distribution), in a
-chroot of that distribution's base tree, so its binaries link against exactly what the image has.
+"""Engine builds as cached artefacts: an engine made once per (version, backend, flags, distribution), in a
+chroot of that distribution's base tree, so it links against (or runs on) exactly what the image has.
 
-Runs on the host as root, inside the image build's worker (image/golden.py build_image calls `ensure` before
-the layer of the image's own roles). A playbook edit never rebuilds an artefact; a new version, backend or flag
-does (they make the key).
-  1. fetch    the pinned source into the download cache, resumable, its SHA-256 checked
-  2. tree     the distribution's base tree (given by the caller: the cached debootstrap stage)
-  3. deps     apt-get install of the backend's build packages in the chroot
-  4. build    cmake configure, then only the targets the cluster runs, in the chroot
-  5. pack     bin/ and BUILD-INFO as <cache>/artifacts/<engine>-<backend>-<key>.tar.gz (one rename)
+Runs on the host as root, inside the image build's worker (image/golden.py ensure_artifacts, before the layer
+of the image's own roles). A playbook edit never rebuilds an artefact; a new version, backend, flag or lock
+does (they make the key). Two kinds, from inference/engines/<engine>.yml:
+  cmake (llama.cpp)                                python (vLLM)
+  1. fetch  the pinned source archive, SHA-256       the lock's wheels (pip download, --require-hashes)
+  2. tree   the distribution's base tree (given by the caller: the cached debootstrap stage)
+  3. deps   apt-get install of the build packages    apt-get install of the distribution's Python and venv
+  4. build  cmake, only the targets the cluster runs a venv at its final path, pip offline from the wheels
+  5. pack   bin/ + BUILD-INFO -> .tar.gz             the venv + BUILD-INFO -> .tar.zst (one rename, both)
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import requests
 
 from onedotzero import profiles, yamlfile
 from onedotzero.errors import UserError
@@ -68,13 +72,73 @@ class EngineBuild:
     def install_dir(self) -> str:
         return f"{PREFIX}/{self.engine}/{self.version}-{self.backend}"
 
+    def runtime(self, distro: profiles.DistroProfile) -> tuple[str, ...]:
+        """The packages a node needs to run it."""
+        return self.runtime_packages
+
+    suffix = ".tar.gz"
+
+
+@dataclass(frozen=True)
+class PythonEnv:
+    """One Python engine at one version for one backend: a venv of the wheels its lock pins (with their SHA-256),
+    on the image distribution's own Python. The lock is per Python version (wheels are built per version)."""
+
+    engine: str
+    version: str
+    backend: str
+    python: str  # the oldest Python it runs on
+    requirements: tuple[str, ...]  # what the lock was resolved from
+    exclude: tuple[str, ...]  # dependencies kept out of the lock
+    index_urls: tuple[str, ...]  # indexes besides PyPI (e.g. PyTorch's CPU wheels)
+    env: tuple[tuple[str, str], ...]  # the environment the engine runs with
+    runtime_packages: tuple[str, ...]
+    executors: tuple[str, ...]
+    verified: bool  # proven on this project's machines (else rendered and documented only)
+    python_headers: bool = False  # compiles against Python.h at run time (the distribution's headers package)
+    commit: str = ""
+
+    def lock_path(self, distro: profiles.DistroProfile) -> Path:
+        return ENGINES_DIR / f"{self.engine}-{self.backend}-py{distro.python}.lock"
+
+    def lock(self, distro: profiles.DistroProfile) -> Path:
+        """The lock for the distribution's Python, or one line saying why there is none."""
+        if not distro.python or tuple(map(int, distro.python.split("."))) < tuple(map(int, self.python.split("."))):
+            raise UserError(f"{self.engine} needs Python >= {self.python}, but {distro.name} gives "
+                            f"{distro.python or 'none'}", f"give image/distros/{distro.name}.yml a python: that fits")
+        path = self.lock_path(distro)
+        if not path.is_file():
+            state = "" if self.verified else " (a backend not proven here)"
+            raise UserError(f"{self.engine} {self.version} ({self.backend}{state}) has no lock for Python "
+                            f"{distro.python}: {path.name}",
+                            f"make it where the indexes are reachable: python -m inference.lock {self.engine} "
+                            f"{self.backend} --distro {distro.name}")
+        return path
+
+    def key(self, distro: profiles.DistroProfile) -> str:
+        data = [self.engine, self.version, self.backend, self.lock(distro).read_text(), sorted(self.env),
+                distro.name, distro.suite, distro.python, distro.python_packages]
+        return hashlib.sha256(json.dumps(data).encode()).hexdigest()
+
+    def install_dir(self) -> str:
+        return f"{PREFIX}/{self.engine}/{self.version}-{self.backend}"
+
+    def runtime(self, distro: profiles.DistroProfile) -> tuple[str, ...]:
+        return (*distro.python_packages, *(distro.python_headers if self.python_headers else ()),
+                *self.runtime_packages)
+
+    suffix = ".tar.zst"
+
 
 @functools.cache
-def engine(name: str, backend: str) -> EngineBuild:
+def engine(name: str, backend: str) -> EngineBuild | PythonEnv:
     """The pinned build of an engine (inference/engines/<name>.yml) for a backend."""
     path = ENGINES_DIR / f"{name}.yml"
-    f = Fields(path, "", yamlfile.load(path), {"version", "commit", "sources", "source", "targets", "flags",
-                                              "release_flags", "backends"}, "inference/engines/llama_cpp.yml")
+    data = yamlfile.load(path)
+    if isinstance(data, dict) and data.get("kind") == "python":
+        return _python_env(name, backend, path, data)
+    f = Fields(path, "", data, {"kind", "version", "commit", "sources", "source", "targets", "flags",
+                                "release_flags", "backends"}, "inference/engines/llama_cpp.yml")
     sources = f.mapping("sources", set(f.get("sources", kind=dict)))
     chosen = f.choice("source", sorted(sources.data))
     s = sources.mapping(chosen, {"url", "sha256", "subdir"})
@@ -91,8 +155,80 @@ def engine(name: str, backend: str) -> EngineBuild:
                        tuple(b.strings("runtime_packages", [])), tuple(sorted(release.items())))
 
 
-def artifact_path(cache: Path, build: EngineBuild, distro: profiles.DistroProfile) -> Path:
-    return cache / "artifacts" / f"{build.engine}-{build.backend}-{build.key(distro)[:16]}.tar.gz"
+def _python_env(name: str, backend: str, path: Path, data: dict) -> PythonEnv:
+    f = Fields(path, "", data, {"kind", "version", "python", "backends"}, "inference/engines/vllm.yml")
+    backends = f.mapping("backends", set(f.get("backends", kind=dict)))
+    if not backends.has(backend):
+        backends.fail(f"{name} has no backend {backend!r}", f"choose one of: {', '.join(sorted(backends.data))}")
+    b = backends.mapping(backend, {"requirements", "exclude", "index_urls", "env", "runtime_packages", "executors",
+                                   "verified", "python_headers"})
+    env = b.get("env", {}, kind=dict)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        b.fail("maps variable names to strings", None, "env")
+    return PythonEnv(name, f.get("version"), backend, f.get("python"), tuple(b.strings("requirements")),
+                     tuple(b.strings("exclude", [])), tuple(b.strings("index_urls", [])), tuple(sorted(env.items())),
+                     tuple(b.strings("runtime_packages", [])), tuple(b.strings("executors", ["mp"])),
+                     b.get("verified", False, bool), b.get("python_headers", False, bool))
+
+
+def artifact_path(cache: Path, build: EngineBuild | PythonEnv, distro: profiles.DistroProfile) -> Path:
+    return cache / "artifacts" / f"{build.engine}-{build.backend}-{build.key(distro)[:16]}{build.suffix}"
+
+
+def fetch(build: EngineBuild | PythonEnv, distro: profiles.DistroProfile, downloads: Path) -> Path:
+    """Runs on the host. What the build needs from the network, in the download cache: the source archive, or
+    the lock's wheels."""
+    if isinstance(build, PythonEnv):
+        return fetch_wheels(build, distro, downloads)
+    return fetch_source(build, downloads)
+
+
+def pip_target(distro: profiles.DistroProfile) -> list[str]:
+    """pip's options for wheels that run on the distribution's Python and C library, whatever the host has (the
+    control node's Python may be older than the image's)."""
+    major, minor = distro.python.split(".")
+    glibc = int(distro.glibc.split(".")[1]) if distro.glibc else 17
+    platforms = [f"manylinux_2_{v}_x86_64" for v in range(5, glibc + 1)]
+    platforms += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64"]
+    return ["--only-binary=:all:", "--python-version", distro.python, "--implementation", "cp",
+            "--abi", f"cp{major}{minor}", "--abi", "abi3", "--abi", "none",
+            *(arg for p in platforms for arg in ("--platform", p))]
+
+
+def index_args(build: PythonEnv) -> list[str]:
+    """pip's --extra-index-url for each of the backend's indexes that answers now."""
+    return [arg for url in reachable_indexes(build) for arg in ("--extra-index-url", url)]
+
+
+def reachable_indexes(build: PythonEnv) -> list[str]:
+    """The backend's extra indexes that answer now. pip retries an unreachable index for every package (minutes
+    for a lock of 150 wheels), so one that does not answer within seconds is left out, with a line saying so:
+    pip's own settings (find-links, a local wheelhouse, as on these machines) still apply."""
+    out = []
+    for url in build.index_urls:
+        try:
+            requests.head(url, timeout=5, allow_redirects=True)
+            out.append(url)
+        except requests.RequestException as e:
+            log.warning("%s: the index %s does not answer (%s): pip looks in its other sources", build.engine, url,
+                        type(e).__name__)
+    return out
+
+
+def fetch_wheels(build: PythonEnv, distro: profiles.DistroProfile, downloads: Path) -> Path:
+    """Runs on the host. Every wheel of the lock in <downloads>/wheels/<engine>-<backend>-py<version>/, each
+    checked against its SHA-256 (pip keeps the ones already there)."""
+    lock = build.lock(distro)
+    dest = downloads / "wheels" / f"{build.engine}-{build.backend}-py{distro.python}"
+    dest.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--progress-bar", "off",
+            "-r", str(lock), "-d", str(dest), *pip_target(distro),
+            *index_args(build)]
+    with step(f"{build.engine}: the {lock.read_text().count('--hash=')} wheels of "
+              f"{lock.name}"):
+        run_progress(argv, "pip download", phase=re.compile(r"^(?:Collecting|Saved|File was already) (\S+)"),
+                     host="localhost")
+    return dest
 
 
 def fetch_source(build: EngineBuild, downloads: Path) -> Path:
@@ -136,16 +272,77 @@ def release_flags(build: EngineBuild, work: Path) -> list[str]:
     return argv
 
 
-def build(build: EngineBuild, distro: profiles.DistroProfile, rootfs: Path, source: Path, out: Path,
+def build(build: EngineBuild | PythonEnv, distro: profiles.DistroProfile, rootfs: Path, source: Path, out: Path,
           jobs: int) -> None:
-    """Runs in the chroot of rootfs (a base tree the caller prepared, with its mounts). Out: the artefact at out."""
+    """Runs in the chroot of rootfs (a base tree the caller prepared, with its mounts). In: what `fetch` gave.
+    Out: the artefact at out."""
+    if isinstance(build, PythonEnv):
+        _build_venv(build, distro, rootfs, source, out)
+    else:
+        _build_cmake(build, distro, rootfs, source, out, jobs)
+
+
+def _apt(rootfs: Path, engine: str, packages: tuple[str, ...]) -> None:
+    with step(f"{engine}: build packages ({', '.join(packages)})"):
+        chroot(rootfs, "apt-get", "update", "-q", title="apt-get update")
+        chroot(rootfs, "apt-get", "install", "-y", "-q", "--no-install-recommends", *packages,
+               title="apt-get install", phase=r"^(?:Unpacking|Setting up) (\S+)")
+
+
+def _build_venv(build: PythonEnv, distro: profiles.DistroProfile, rootfs: Path, wheels: Path, out: Path) -> None:
+    """The venv made at its final path in the chroot, pip offline from the fetched wheels (hashes required, no
+    dependency resolution: the lock is the whole list), `import <engine>` tried, then packed."""
+    work = rootfs / "build"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "wheels").mkdir(parents=True)
+    _apt(rootfs, build.engine, distro.python_packages)
+    for wheel in wheels.glob("*.whl"):  # hard links where the cache and the tree share a file system
+        try:
+            os.link(wheel, work / "wheels" / wheel.name)
+        except OSError:
+            shutil.copy2(wheel, work / "wheels" / wheel.name)
+    shutil.copy2(build.lock(distro), work / "lock.txt")
+    venv = build.install_dir()
+    python = f"python{distro.python}"
+    env = {"PIP_CONFIG_FILE": "/dev/null", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    with step(f"{build.engine} {build.version} ({build.backend}): a venv on Python {distro.python}, "
+              f"{len(list((work / 'wheels').iterdir()))} wheels"):
+        shutil.rmtree(rootfs / venv.lstrip("/"), ignore_errors=True)
+        chroot(rootfs, python, "-m", "venv", venv, title="python -m venv")
+        run_progress(["chroot", rootfs, f"{venv}/bin/python", "-m", "pip", "install", "--no-index", "--no-deps",
+                      "--require-hashes", "--find-links", "/build/wheels", "-r", "/build/lock.txt"],
+                     "pip install", phase=re.compile(r"^(?:Processing|Installing) (\S+)"),
+                     env={**CHROOT_ENV, **env}, host=f"chroot {rootfs}")
+        module = build.engine.replace("-", "_")
+        check = subprocess.run(["chroot", rootfs, f"{venv}/bin/python", "-c",
+                                f"import {module}, torch; print({module}.__version__, torch.__version__)"],
+                               capture_output=True, text=True, env={**CHROOT_ENV, **dict(build.env)})
+        if check.returncode != 0:
+            tail = "\n".join(check.stderr.strip().splitlines()[-15:])
+            raise UserError(f"{build.engine}: `import {module}` fails in the new venv (exit {check.returncode}):\n"
+                            f"{tail}", f"fix the lock {build.lock_path(distro).name} (python -m inference.lock)")
+    root = rootfs / venv.lstrip("/")
+    (root / "BUILD-INFO").write_text(json.dumps({
+        "engine": build.engine, "version": build.version, "backend": build.backend, "distro": distro.name,
+        "python": distro.python, "lock": build.lock(distro).name, "lock_sha256": _sha256(build.lock(distro)),
+        "env": dict(build.env), "reports": check.stdout.split(),
+    }, indent=1) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
+    with step(f"{build.engine}: packing {venv}"):
+        run_progress(["tar", "-I", "zstd -3 -T0", "-cf", tmp, "-C", rootfs, venv.lstrip("/")], "tar | zstd")
+    os.rename(tmp, out)
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("%s %s (%s): %s, %.1f MiB", build.engine, build.version, build.backend, out.name,
+             out.stat().st_size / 2**20)
+
+
+def _build_cmake(build: EngineBuild, distro: profiles.DistroProfile, rootfs: Path, source: Path, out: Path,
+                 jobs: int) -> None:
     work = rootfs / "build"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    with step(f"{build.engine}: build packages ({', '.join(build.build_packages)})"):
-        chroot(rootfs, "apt-get", "update", "-q", title="apt-get update")
-        chroot(rootfs, "apt-get", "install", "-y", "-q", "--no-install-recommends", *build.build_packages,
-               title="apt-get install", phase=r"^(?:Unpacking|Setting up) (\S+)")
+    _apt(rootfs, build.engine, build.build_packages)
     with step(f"{build.engine}: unpacking {source.name}"), tarfile.open(source) as tar:
         members = [m for m in tar.getmembers() if m.name.startswith(build.source.subdir + "/")]
         if not members:
@@ -183,12 +380,15 @@ def build(build: EngineBuild, distro: profiles.DistroProfile, rootfs: Path, sour
 def role_vars(cache: Path, engine_name: str, backend: str, distro: profiles.DistroProfile) -> dict:
     """What the engine's role needs: where the artefact is on the machine that runs Ansible, where it goes."""
     b = engine(engine_name, backend)
-    return {f"{engine_name}_artifact": str(artifact_path(cache, b, distro)), f"{engine_name}_version": b.version,
-            f"{engine_name}_backend": backend, f"{engine_name}_install_dir": b.install_dir(),
-            f"{engine_name}_runtime_packages": list(b.runtime_packages)}
+    out = {f"{engine_name}_artifact": str(artifact_path(cache, b, distro)), f"{engine_name}_version": b.version,
+           f"{engine_name}_backend": backend, f"{engine_name}_install_dir": b.install_dir(),
+           f"{engine_name}_runtime_packages": list(b.runtime(distro))}
+    if isinstance(b, PythonEnv):
+        out[f"{engine_name}_env"] = dict(b.env)
+    return out
 
 
-def needed(spec_roles: tuple[str, ...], variables: dict) -> list[tuple[EngineBuild, Path]]:
+def needed(spec_roles: tuple[str, ...], variables: dict) -> list[tuple[EngineBuild | PythonEnv, Path]]:
     """The artefacts an image's roles install (engine roles carry <engine>_artifact and <engine>_backend)."""
     out = []
     for role in spec_roles:

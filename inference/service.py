@@ -22,6 +22,7 @@ from pathlib import Path
 
 import requests
 
+from inference import artifacts
 from inference import plan as plan_mod
 from models.store import ModelRef, model_store
 from onedotzero import ansible, compute, ssh
@@ -32,6 +33,7 @@ from onedotzero.log import log, step
 UNITS = {"llama_cpp": {"head": "onedotzero-llama-server", "worker": "onedotzero-rpc-server"},
          "vllm": {"head": "onedotzero-vllm", "worker": "onedotzero-vllm"}}
 BUFFER_RE = re.compile(r"load_tensors:\s+(\S+?)(?:\[(\S+)\])? model buffer size =\s+([\d.]+) MiB")
+PP_RANK_RE = re.compile(r"\bPP rank (\d+)")  # vLLM: "rank 1 in world size 2 is assigned as ... PP rank 1, ..."
 EVAL_RE = re.compile(r"\beval time =\s+([\d.]+) ms /\s+(\d+) tokens .*?([\d.]+) tokens per second")
 
 
@@ -69,6 +71,18 @@ def gguf_layers(path: Path) -> int:
     return gguf_header(path)["layers"]
 
 
+def hf_layers(directory: Path) -> int:
+    """The model's layer count, from a Hugging Face config.json (num_hidden_layers; multimodal models nest it)."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{directory}/config.json cannot be read: {e}", "is it a complete model?") from None
+    layers = config.get("num_hidden_layers") or config.get("text_config", {}).get("num_hidden_layers")
+    if not isinstance(layers, int) or layers < 1:
+        raise UserError(f"{directory}/config.json has no num_hidden_layers", "is it a decoder model?")
+    return layers
+
+
 def backend(head: Node, engine: str) -> str:
     """The backend the head's hardware profile names for the engine (cpu where it names none)."""
     return (head.profile.gpu.backend(engine) if head.profile.gpu else None) or "cpu"
@@ -78,21 +92,29 @@ def make_plan(inv: Inventory) -> plan_mod.Plan:
     s = settings(inv)
     model = model_store(inv).get(ModelRef.parse(s.model))
     m = model.manifest
+    kind = backend(inv.node(s.head), s.engine)
     if s.engine == "llama_cpp":
         file, _ = plan_mod.model_file(m)
-        return plan_mod.llama_cpp(inv, m, gguf_layers(model.path / "files" / file), backend(inv.node(s.head), s.engine),
-                                  s.threads)
-    raise UserError(f"engine {s.engine} is not available yet", "use engine: llama_cpp")
+        return plan_mod.llama_cpp(inv, m, gguf_layers(model.path / "files" / file), kind, s.threads)
+    plan_mod.hf_model(m)
+    artifacts.engine(s.engine, kind)  # the backend exists in inference/engines/vllm.yml
+    return plan_mod.vllm(inv, m, hf_layers(model.path / "files"), kind, s.threads)
 
 
-def _on_head(inv: Inventory, p: plan_mod.Plan) -> None:
-    """The head must hold the model before it can load it (`models push` puts it there)."""
-    r = ssh.run(inv, inv.node(p.head.node), f"test -f {p.model['path']}")
-    if r.unreachable:
-        raise UserError(f"{p.head.node} is unreachable: {r.reason()}", "`compute up` it first")
-    if not r.ok:
-        raise UserError(f"{p.model['name']}@{p.model['version']} is not on {p.head.node}'s /models",
-                        f"push it: ./cluster.py models push {p.model['name']}@{p.model['version']} {p.head.node}")
+def _holders(inv: Inventory, p: plan_mod.Plan) -> None:
+    """Every node that loads the model must hold it first (`models push` puts it there): the head for llama.cpp,
+    every rank for vLLM."""
+    nodes = [n.node for n in p.nodes if n.loads_model]
+    check = f"test -f {p.model['dir']}/{p.model['file']}"
+    results = ssh.parallel(lambda node: ssh.run(inv, node, check), [inv.node(n) for n in nodes])
+    for name, r in zip(nodes, results, strict=True):
+        if r.unreachable:
+            raise UserError(f"{name} is unreachable: {r.reason()}", "`compute up` it first")
+    missing = [name for name, r in zip(nodes, results, strict=True) if not r.ok]
+    if missing:
+        ref = f"{p.model['name']}@{p.model['version']}"
+        raise UserError(f"{ref} is not on the /models of {', '.join(missing)}",
+                        f"push it: ./cluster.py models push {ref} {' '.join(missing)}")
 
 
 def apply(inv: Inventory, p: plan_mod.Plan, nodes: list[str], netns: str | None = None) -> None:
@@ -103,7 +125,7 @@ def apply(inv: Inventory, p: plan_mod.Plan, nodes: list[str], netns: str | None 
 def up(inv: Inventory, timeout: float = 600) -> plan_mod.Plan:
     s = settings(inv)
     p = make_plan(inv)
-    _on_head(inv, p)
+    _holders(inv, p)
     apply(inv, p, [s.head, *s.workers])
     plan_file(inv).parent.mkdir(parents=True, exist_ok=True)
     plan_file(inv).write_text(json.dumps(p.to_vars(), indent=1))
@@ -175,13 +197,19 @@ def status(inv: Inventory) -> Status:
     def probe(node) -> ssh.Result:
         v = parts[node.name]
         unit = units[v["part"]]
-        extra = ""
-        if v["part"] == "head":  # the model on its disk, and can it reach each worker?
-            reach = [f"timeout 2 bash -c '</dev/tcp/{w['address']}/{w['port']}' 2>/dev/null && echo 'reach {n} ok' "
-                     f"|| echo 'reach {n} FAILED'" for n, w in parts.items() if w["part"] == "worker"]
-            extra = "; ".join(["", f"echo '### model'; sha256sum {p['model']['path']} 2>&1 | cut -c1-64", *reach])
+        # The unit's memory: its cgroup's count, or (no memory accounting, as in container nodes) the sum of its
+        # processes' resident sets.
+        rss = f"ps -e -o unit=,rss= | awk '$1==\"{unit}.service\" {{s+=$2}} END {{printf \"%.0f\", s*1024}}'"
+        extra = [f"m=$(sudo -n systemctl show -p MemoryCurrent --value {unit}); case $m in ''|*[!0-9]*) m=$({rss});; "
+                 f"esac; echo \"### memory $m\""]
+        if v["part"] == "head":  # the model on its disk, and can it reach each worker (those that listen)?
+            m = p["model"]
+            weights = f"{m['dir']}/{m['file']}" if "dir" in m else m["path"]  # plans before vLLM had no dir
+            extra += [f"echo '### model'; sha256sum {weights} 2>&1 | cut -c1-64"]
+            extra += [f"timeout 2 bash -c '</dev/tcp/{w['address']}/{w['port']}' 2>/dev/null && echo 'reach {n} ok' "
+                      f"|| echo 'reach {n} FAILED'" for n, w in parts.items() if w["part"] == "worker" and w["port"]]
         return ssh.run(inv, node, f"sudo -n systemctl is-active {unit}; sudo -n journalctl -u {unit} -b --no-pager "
-                                  f"-n 400 -o cat{extra}", timeout=60)
+                                  f"-n 400 -o cat; " + "; ".join(extra), timeout=60)
 
     nodes = [inv.node(n) for n in parts]
     results = dict(zip(parts, ssh.parallel(probe, nodes), strict=True))
@@ -202,17 +230,25 @@ def status(inv: Inventory) -> Status:
             ns.active = r.stdout.split("\n", 1)[0].strip()
             ns.ok = ns.active == "active"
             where = f"{v['address']}:{v['port']}"
+            details = []
             if v["part"] == "worker" and where in buffers:
-                ns.detail = f"{buffers[where]:.1f} MiB of weights"
+                details.append(f"{buffers[where]:.1f} MiB of weights")
+            stage = PP_RANK_RE.findall(r.stdout)
+            if stage:
+                details.append(f"PP rank {stage[-1]}")  # the rank's own log: which pipeline stage it runs
+            memory = re.search(r"^### memory (\d+)$", r.stdout, re.M)
+            if memory:
+                details.append(f"{int(memory[1]) / 2**20:.0f} MiB in use")
+            ns.detail = ", ".join(details)
             if v["part"] == "worker" and f"reach {name} FAILED" in head_log:
                 ns.ok = False
                 ns.detail = f"the head cannot reach {where}"
             if v["part"] == "head":
-                ns.detail = _head_detail(r.stdout, p["model"], buffers)
+                ns.detail = ", ".join(filter(None, [_head_detail(r.stdout, p["model"], buffers), ns.detail]))
                 if "checksum" in ns.detail and "MISMATCH" in ns.detail:
                     ns.ok = False
             if not ns.ok and ns.active != "active":
-                last_line = [ln for ln in r.stdout.splitlines()[1:] if ln.strip() and not ln.startswith("###")]
+                last_line = [ln for ln in r.stdout.split("### ", 1)[0].splitlines()[1:] if ln.strip()]
                 ns.detail = f"{unit} is {ns.active}" + (f": {last_line[-1][:160]}" if last_line else "")
         if not ns.ok:
             st.problems.append(f"{name} ({v['part']}): {ns.detail or ns.active}")

@@ -199,9 +199,14 @@ def _rsync(argv: list[str], bar: tqdm, env: dict | None = None) -> tuple[int, st
     return proc.wait(), "\n".join(tail), last
 
 
+# --chmod: every engine reads the model as its own user, and a node feeds its peers as the admin; a store file
+# hard-linked from a 0600 original (safetensors' writer makes them so) would otherwise be readable by root alone.
+RSYNC = ["rsync", "-a", "--chmod=D755,F644", "--partial", "--info=progress2", "--no-inc-recursive",
+         "--rsync-path=sudo -n rsync"]
+
+
 def rsync_opts(inv: Inventory) -> list[str]:
-    return ["rsync", "-a", "--partial", "--info=progress2", "--no-inc-recursive", "--rsync-path=sudo -n rsync",
-            "-e", shlex.join(ssh.options(inv))]
+    return [*RSYNC, "-e", shlex.join(ssh.options(inv))]
 
 
 @dataclass
@@ -253,8 +258,7 @@ def move(inv: Inventory, model: Model, t: Transfer, bar: tqdm, env: dict) -> Mov
         else:  # the source node pushes to its peer's fabric address, with the control node's forwarded key
             peer_opts = ("ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
                          "-o LogLevel=ERROR")
-            inner = shlex.join(["rsync", "-a", "--partial", "--info=progress2", "--no-inc-recursive",
-                                "--rsync-path=sudo -n rsync", "-e", peer_opts, f"{final_dir(model)}/files",
+            inner = shlex.join([*RSYNC, "-e", peer_opts, f"{final_dir(model)}/files",
                                 f"{final_dir(model)}/{MANIFEST}",
                                 f"{inv.admin.user}@{fabric_name(t.target)}:{incoming_dir(model)}/"])
             src = inv.node(t.source)

@@ -83,6 +83,10 @@ class DistroProfile:
     squashfs_level: int
     boot_args: tuple[str, ...]
     live: dict  # live ISO facts (release URL, ISO name, key) or {} when the distro has none
+    python: str = ""  # the interpreter version Python engines run on, e.g. "3.11" ("" when it has none)
+    python_packages: tuple[str, ...] = ()  # the packages that give it, with its venv module
+    python_headers: tuple[str, ...] = ()  # its C headers (Python.h), for engines that compile at run time
+    glibc: str = ""  # its C library's version: the newest manylinux wheels that run there
 
 
 def names(directory: Path) -> list[str]:
@@ -93,10 +97,11 @@ def role_exists(role: str) -> bool:
     return (paths.PLAYBOOKS_DIR / "roles" / role / "tasks" / "main.yml").is_file()
 
 
-def _min_kernel(f: Fields, key: str) -> str:
+def _series(f: Fields, key: str, what: str = "kernel series", example: str = "6.2") -> str:
+    """A dotted major.minor version (a kernel series, Python's, glibc's), quoted so YAML keeps it a string."""
     value = f.get(key)
     if not KERNEL_RE.match(value):
-        f.fail(f"{value!r} is not a kernel series", "write it like \"6.2\", in quotes", key)
+        f.fail(f"{value!r} is not a {what}", f"write it like \"{example}\", in quotes", key)
     return value
 
 
@@ -120,7 +125,7 @@ def hardware(name: str) -> HardwareProfile:
                "distro")
     profile = HardwareProfile(
         name=name, description=f.get("description"), firmware=f.choice("firmware", FIRMWARES),
-        min_kernel=_min_kernel(f, "min_kernel"), distro=distro_name, roles=tuple(roles),
+        min_kernel=_series(f, "min_kernel"), distro=distro_name, roles=tuple(roles),
         kernel_args=tuple(f.strings("kernel_args", [])), gpu=_gpu(f), fabric=_fabric(f),
         virtual=f.choice("virtual", VIRTUAL_DRIVERS, None) if f.has("virtual") else None,
         memory_mb=f.get("memory_mb", None, int), source=path,
@@ -186,14 +191,19 @@ def distro(name: str) -> DistroProfile:
         raise UserError(f"unknown distro profile {name!r}", f"choose one of: {', '.join(names(paths.DISTRO_DIR))}")
     f = Fields(path, "", yamlfile.load(path), {"family", "suite", "mirror", "components", "keyring", "kernel_package",
                                               "kernel", "packages", "squashfs_compression", "squashfs_level",
-                                              "boot_args", "live"}, "image/distros/debian-12.yml")
+                                              "boot_args", "live", "python", "glibc"}, "image/distros/debian-12.yml")
+    py = f.mapping("python", {"version", "packages", "headers"}, None)
+    glibc = _series(f, "glibc", "glibc version", "2.36") if f.has("glibc") else ""
     return DistroProfile(
         name=name, family=f.choice("family", ("debian", "ubuntu")), suite=f.get("suite"), mirror=f.get("mirror"),
         components=tuple(f.strings("components")), keyring=f.get("keyring"), kernel_package=f.get("kernel_package"),
-        kernel=_min_kernel(f, "kernel"), packages=tuple(f.strings("packages", [])),
+        kernel=_series(f, "kernel"), packages=tuple(f.strings("packages", [])),
         squashfs_compression=f.choice("squashfs_compression", ("zstd", "xz", "gzip", "lz4"), "zstd"),
         squashfs_level=f.get("squashfs_level", 3, int), boot_args=tuple(f.strings("boot_args", [])),
         live=yamlfile.plain(f.get("live", {}, dict)),
+        python=_series(py, "version", "Python version", "3.11") if py else "",
+        python_packages=tuple(py.strings("packages")) if py else (),
+        python_headers=tuple(py.strings("headers", [])) if py else (), glibc=glibc,
     )
 
 

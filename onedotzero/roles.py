@@ -116,7 +116,7 @@ def _gpu_users(role: str) -> Callable[[Inventory, tuple[Node, ...]], dict]:
 ROLE_VARS: dict[str, Callable[[Inventory, tuple[Node, ...]], dict]] = {
     "base": _base, "netroot": _netroot, "wol": _wol, "fabric": _fabric,
     **{role: _gpu_users(role) for role in ("intel_arc", "amd_gpu", "soft_gpu")},
-    "llama_cpp": _engine("llama_cpp"),
+    "llama_cpp": _engine("llama_cpp"), "vllm": _engine("vllm"),
 }
 
 

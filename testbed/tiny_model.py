@@ -1,16 +1,22 @@
 """Small llama-architecture models with random weights, for the virtual cluster: the engines' mechanics
 (loading, splitting layers over nodes, serving chat) run for real on them; their answers are gibberish.
 
-    python -m testbed.tiny_model OUT.gguf [--layers N] [--embd N] [--ff N] [--heads N] [--kv-heads N] [--f16]
+    python -m testbed.tiny_model OUT.gguf [--layers N] [--embd N] [--ff N] [--heads N] [--kv-heads N] [--f32]
+    python -m testbed.tiny_model OUT_DIR --hf [same options]
 
-Deterministic: the same arguments and seed give the same bytes. The file is what llama.cpp (0c1e570) reads for
-LLM_ARCH_LLAMA: the required hyper-parameters, an SPM vocabulary with byte fallback (`<0xXX>` tokens), a
-ChatML chat template, and the llama tensors (no extra ones: the loader counts them).
+Deterministic: the same arguments and seed give the same bytes. Two formats, one per engine:
+  - GGUF, what llama.cpp (0c1e570) reads for LLM_ARCH_LLAMA: the required hyper-parameters, an SPM vocabulary
+    with byte fallback (`<0xXX>` tokens), a ChatML chat template, and the llama tensors (no extra ones: the
+    loader counts them).
+  - Hugging Face (vLLM): config.json (LlamaForCausalLM), model.safetensors, and a byte-level BPE tokenizer with
+    no merges (tokenizer.json, every byte a token: any text encodes) with the same ChatML template, written
+    here as JSON rather than trained, so nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -102,16 +108,96 @@ def write_gguf(out: Path, layers: int = 8, embd: int = 512, ff: int = 1024, head
     return out
 
 
+SPECIALS = ("<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>")
+
+
+def byte_alphabet() -> list[str]:
+    """GPT-2's byte-to-character map (what the ByteLevel pre-tokenizer emits), in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b], extra = chr(256 + extra), extra + 1
+    return [chars[b] for b in range(256)]
+
+
+def hf_tokenizer() -> tuple[dict, dict]:
+    """(tokenizer.json, tokenizer_config.json): the special tokens, then one token per byte."""
+    vocab = {t: i for i, t in enumerate([*SPECIALS, *byte_alphabet()])}
+    level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+              "special": True} for i, t in enumerate(SPECIALS)]
+    tokenizer = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+                 "pre_tokenizer": {"type": "ByteLevel", **level}, "post_processor": None,
+                 "decoder": {"type": "ByteLevel", **level},
+                 "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                           "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                           "ignore_merges": False, "vocab": vocab, "merges": []}}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+              "unk_token": "<unk>", "add_bos_token": False, "model_max_length": 2048, "chat_template": CHATML}
+    return tokenizer, config
+
+
+def write_hf(out: Path, layers: int = 8, embd: int = 512, ff: int = 1024, heads: int = 8, kv_heads: int = 4,
+             ctx: int = 2048, seed: int = 1234) -> Path:
+    """A Hugging Face llama directory (float16 weights) that vLLM loads."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    if embd % heads or heads % kv_heads:
+        raise ValueError("embd must be divisible by heads, and heads by kv_heads")
+    tokenizer, tok_config = hf_tokenizer()
+    vocab = len(tokenizer["model"]["vocab"])
+    rng = np.random.default_rng(seed)
+
+    def w(*shape: int):  # torch's (out, in)
+        return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
+
+    kv = embd // heads * kv_heads
+    tensors = {"model.embed_tokens.weight": w(vocab, embd)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        tensors.update({
+            p + "input_layernorm.weight": np.ones(embd, np.float16),
+            p + "self_attn.q_proj.weight": w(embd, embd), p + "self_attn.k_proj.weight": w(kv, embd),
+            p + "self_attn.v_proj.weight": w(kv, embd), p + "self_attn.o_proj.weight": w(embd, embd),
+            p + "post_attention_layernorm.weight": np.ones(embd, np.float16),
+            p + "mlp.gate_proj.weight": w(ff, embd), p + "mlp.up_proj.weight": w(ff, embd),
+            p + "mlp.down_proj.weight": w(embd, ff)})
+    tensors["model.norm.weight"] = np.ones(embd, np.float16)
+    tensors["lm_head.weight"] = w(vocab, embd)
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": embd,
+              "intermediate_size": ff, "num_hidden_layers": layers, "num_attention_heads": heads,
+              "num_key_value_heads": kv_heads, "max_position_embeddings": ctx, "rms_norm_eps": 1e-5,
+              "rope_theta": 10000.0, "vocab_size": vocab, "bos_token_id": 1, "eos_token_id": 2,
+              "hidden_act": "silu", "tie_word_embeddings": False, "torch_dtype": "float16"}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    for name, data in (("config.json", config), ("tokenizer.json", tokenizer), ("tokenizer_config.json", tok_config),
+                       ("generation_config.json", {"bos_token_id": 1, "eos_token_id": 2})):
+        (out / name).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    return out
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path)
     for name, default in (("layers", 8), ("embd", 512), ("ff", 1024), ("heads", 8), ("kv-heads", 4), ("ctx", 2048),
                           ("seed", 1234)):
         p.add_argument(f"--{name}", type=int, default=default)
-    p.add_argument("--f32", action="store_true", help="float32 weights (default float16)")
+    p.add_argument("--f32", action="store_true", help="float32 weights (default float16; GGUF only)")
+    p.add_argument("--hf", action="store_true", help="a Hugging Face directory (for vLLM) instead of a GGUF file")
     a = p.parse_args(argv)
-    out = write_gguf(a.out, a.layers, a.embd, a.ff, a.heads, a.kv_heads, a.ctx, a.seed, not a.f32)
-    print(f"{out}: llama, {a.layers} layers x {a.embd}, {out.stat().st_size / 2**20:.1f} MiB")
+    if a.hf:
+        out = write_hf(a.out, a.layers, a.embd, a.ff, a.heads, a.kv_heads, a.ctx, a.seed)
+        size = sum(f.stat().st_size for f in out.iterdir())
+    else:
+        out = write_gguf(a.out, a.layers, a.embd, a.ff, a.heads, a.kv_heads, a.ctx, a.seed, not a.f32)
+        size = out.stat().st_size
+    print(f"{out}: llama, {a.layers} layers x {a.embd}, {size / 2**20:.1f} MiB")
     return 0
 
 

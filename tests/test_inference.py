@@ -24,7 +24,7 @@ from conftest import REPO, boot_session_images, needs_root, run_cli, running
 from onedotzero import inventory, profiles, ssh
 from testbed.bed import Testbed
 from testbed.links import shape
-from testbed.tiny_model import write_gguf
+from testbed.tiny_model import write_gguf, write_hf
 
 pytestmark = [pytest.mark.integration, needs_root("systemd-nspawn", "nft", "chromium", "chromedriver")]
 NODES = ("node2", "node3")
@@ -397,9 +397,69 @@ def test_bench_compares_links_and_one_node_and_names_the_bottleneck(bed, workdir
     assert shot.stat().st_size > 20_000
 
 
+def fabric_bytes(bed: Testbed, node: str, peer: str) -> tuple[int, int]:
+    """(received, sent) bytes of node's fabric cable to peer."""
+    stats = f"/sys/class/net/fab-{peer}/statistics"
+    out = on(bed, node, f"cat {stats}/rx_bytes {stats}/tx_bytes")
+    rx, tx = out.stdout.split()
+    return int(rx), int(tx)
+
+
+def units_state(bed: Testbed, node: str) -> list[str]:
+    r = on(bed, node, "sudo -n systemctl is-active onedotzero-llama-server onedotzero-rpc-server onedotzero-vllm")
+    return r.stdout.split()
+
+
+def test_vllm_serves_across_both_nodes_and_switching_back_leaves_no_unit(bed, workdir):
+    """engine: vllm (its CPU build, in the same images) with the same tiny model in Hugging Face format: rank 0 on
+    node2 serves through the control node's /v1/, rank 1 on node3 runs the second half of the layers over the
+    fabric. A stopped rank is named; switching back to llama.cpp leaves no vLLM unit running."""
+    model = write_hf(workdir / "tiny-hf")
+    for args in (("models", "import", str(model), "--name", "tiny-hf"), ("models", "push", "tiny-hf", *NODES)):
+        proc = in_ns(bed, *args)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    inv = variant(bed, "vllm", inference={"engine": "vllm", "model": "tiny-hf"})
+    start = time.monotonic()
+    proc = run_cli("-i", inv, "inference", "up", "--timeout", "900", netns=bed.ns, timeout=1000)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    print(f"vLLM up (2 ranks) in {time.monotonic() - start:.0f}s")
+    for node in NODES:
+        assert units_state(bed, node) == ["inactive", "inactive", "active"], node
+
+    before = fabric_bytes(bed, "node3", "node2")
+    out = json.loads(ns_python(bed, STREAM, endpoint(bed, "/v1/chat/completions"), timeout=300))
+    after = fabric_bytes(bed, "node3", "node2")
+    assert out["status"] == 200 and out["type"].startswith("text/event-stream"), out
+    assert out["chunks"][-1] == "data: [DONE]" and len(out["chunks"]) > 3, "token by token, through nginx"
+    # Every token crosses the pipeline both ways: node2's hidden states to node3's stage, node3's output back.
+    got, sent = after[0] - before[0], after[1] - before[1]
+    assert got > 24 * 512 * 2 and sent > 24 * 4, f"node3's fabric cable moved {got} bytes in, {sent} out"
+
+    status = run_cli("-i", inv, "inference", "status", netns=bed.ns)
+    assert status.returncode == 0, status.stdout + status.stderr
+    head = re.search(r"^node2\s+head\s+onedotzero-vllm\s+active\s+0-3 \(4\)\s+checksum ok, PP rank 0, (\d+) MiB",
+                     status.stdout, re.M)
+    rank1 = re.search(r"^node3\s+worker\s+onedotzero-vllm\s+active\s+4-7 \(4\)\s+PP rank 1, (\d+) MiB", status.stdout,
+                      re.M)
+    assert head and rank1, status.stdout
+    limit = inventory.load(inv).node("node2").profile.memory_mb
+    print(f"vLLM ranks' memory: node2 {head[1]} MiB, node3 {rank1[1]} MiB (container limit {limit} MiB)")
+    assert int(head[1]) < limit and int(rank1[1]) < limit
+
+    assert on(bed, "node3", "sudo -n systemctl stop onedotzero-vllm").returncode == 0
+    dead = run_cli("-i", inv, "inference", "status", netns=bed.ns)
+    assert dead.returncode == 1 and "node3 (worker): onedotzero-vllm is inactive" in dead.stderr, dead.stderr
+
+    back = in_ns(bed, "inference", "up", "--timeout", "300")  # the testbed's own inventory: llama.cpp
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert units_state(bed, "node2") == ["active", "inactive", "inactive"]
+    assert units_state(bed, "node3") == ["inactive", "active", "inactive"]
+    again = json.loads(ns_python(bed, STREAM, endpoint(bed, "/v1/chat/completions")))
+    assert again["status"] == 200 and again["chunks"][-1] == "data: [DONE]"
+
+
 def test_inference_down_stops_every_engine_unit(bed):
     assert in_ns(bed, "inference", "down").returncode == 0
     for node in NODES:
-        r = on(bed, node, "sudo -n systemctl is-active onedotzero-llama-server onedotzero-rpc-server")
-        assert r.stdout.split() == ["inactive", "inactive"], (node, r.stdout, r.stderr)
+        assert units_state(bed, node) == ["inactive", "inactive", "inactive"], node
     assert in_ns(bed, "inference", "status").returncode == 1
