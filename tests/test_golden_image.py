@@ -55,12 +55,12 @@ def test_each_kind_of_node_gets_its_own_image_and_no_other_roles(golden_build):
     qemu, container = (store.get(ImageRef.parse(golden_build["refs"][n])).manifest for n in ("node0", "node2"))
     assert golden_build["refs"]["node0"] == golden_build["refs"]["node1"] != golden_build["refs"]["node2"]
     assert qemu.roles == roles.BASE_ROLES and qemu.profiles == ("virtual-bios", "virtual-uefi")
-    assert container.roles == (*roles.BASE_ROLES, "soft_gpu", "fabric", "llama_cpp"), container.roles
+    assert container.roles == (*roles.BASE_ROLES, "soft_gpu", "fabric", "llama_cpp", "vllm"), container.roles
     assert container.profiles == ("virtual-container",)
     assert "iperf3" in container.packages and "iperf3" not in qemu.packages, "a role only where it belongs"
     assert container.stage_keys["configure"] == qemu.stage_keys["configure"], "the base roles' tree is shared"
     listed = run_cli("-i", str(golden_build["inventory"]), "image", "list").stdout
-    assert re.search(rf"{golden_build['refs']['node2']}\s+debian-12\+soft_gpu\+fabric\+llama_cpp\s+"
+    assert re.search(rf"{golden_build['refs']['node2']}\s+debian-12\+soft_gpu\+fabric\+llama_cpp\+vllm\s+"
                      r"virtual-container", listed), listed
 
 
