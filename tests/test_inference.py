@@ -398,11 +398,11 @@ def test_bench_compares_links_and_one_node_and_names_the_bottleneck(bed, workdir
 
 
 def fabric_bytes(bed: Testbed, node: str, peer: str) -> tuple[int, int]:
-    """(received, sent) bytes of node's fabric cable to peer."""
-    stats = f"/sys/class/net/fab-{peer}/statistics"
-    out = on(bed, node, f"cat {stats}/rx_bytes {stats}/tx_bytes")
-    rx, tx = out.stdout.split()
-    return int(rx), int(tx)
+    """(received, sent) bytes of node's fabric cable to peer, from /proc/net/dev (the node's own network namespace;
+    a container's /sys/class/net need not be)."""
+    out = on(bed, node, f"grep -E '^ *fab-{peer}:' /proc/net/dev").stdout
+    fields = out.split(":", 1)[1].split()
+    return int(fields[0]), int(fields[8])
 
 
 def units_state(bed: Testbed, node: str) -> list[str]:
