@@ -301,7 +301,8 @@ def _build_venv(build: PythonEnv, distro: profiles.DistroProfile, rootfs: Path, 
             os.link(wheel, work / "wheels" / wheel.name)
         except OSError:
             shutil.copy2(wheel, work / "wheels" / wheel.name)
-    shutil.copy2(build.lock(distro), work / "lock.txt")
+    lock = build.lock(distro)
+    shutil.copy2(lock, work / "lock.txt")
     venv = build.install_dir()
     python = f"python{distro.python}"
     env = {"PIP_CONFIG_FILE": "/dev/null", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
@@ -320,11 +321,11 @@ def _build_venv(build: PythonEnv, distro: profiles.DistroProfile, rootfs: Path, 
         if check.returncode != 0:
             tail = "\n".join(check.stderr.strip().splitlines()[-15:])
             raise UserError(f"{build.engine}: `import {module}` fails in the new venv (exit {check.returncode}):\n"
-                            f"{tail}", f"fix the lock {build.lock_path(distro).name} (python -m inference.lock)")
+                            f"{tail}", f"fix the lock {lock.name} (python -m inference.lock)")
     root = rootfs / venv.lstrip("/")
     (root / "BUILD-INFO").write_text(json.dumps({
         "engine": build.engine, "version": build.version, "backend": build.backend, "distro": distro.name,
-        "python": distro.python, "lock": build.lock(distro).name, "lock_sha256": _sha256(build.lock(distro)),
+        "python": distro.python, "lock": lock.name, "lock_sha256": _sha256(lock),
         "env": dict(build.env), "reports": check.stdout.split(),
     }, indent=1) + "\n")
     out.parent.mkdir(parents=True, exist_ok=True)
