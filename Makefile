@@ -17,12 +17,28 @@ APT_PACKAGES := python3-venv rsync openssh-client openssh-server gpg gpg-agent i
 
 # What only the tests need besides: a browser for the chat page.
 TEST_APT_PACKAGES := chromium chromium-driver
+# The virtual cluster's control node runs Debian's Prometheus binary, unpacked here, not installed: the package
+# would start a Prometheus in this machine's own network namespace (testbed/bed.py PROMETHEUS).
+# (prometheus-node-exporter: benchmarks/bench_telemetry.py runs it beside an engine.)
+TOOLS_DIR := /var/cache/onedotzero/tools
+TOOLS_PACKAGES := prometheus prometheus-node-exporter
 
-.PHONY: help setup apt apt-test venv test test-unit test-integration lint image image-live control demo testbed-up testbed-down clean
+.PHONY: help setup apt apt-test tools venv test test-unit test-integration lint image image-live control demo testbed-up testbed-down clean
 help:  ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-setup: apt venv  ## Install Debian packages (as root) and the Python venv; idempotent
+setup: apt venv tools  ## Install Debian packages (as root) and the Python venv; idempotent
+
+tools:
+	@for pkg in $(TOOLS_PACKAGES); do \
+	  [ -d $(TOOLS_DIR)/$$pkg/usr/bin ] && continue; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make setup: run as root to unpack Debian's $$pkg into $(TOOLS_DIR)" >&2; exit 1; fi; \
+	  tmp=$$(mktemp -d); \
+	  (cd "$$tmp" && apt-get download -qq $$pkg 2>/dev/null) && \
+	  rm -rf $(TOOLS_DIR)/$$pkg.tmp && mkdir -p $(TOOLS_DIR) && dpkg-deb -x "$$tmp"/$${pkg}_*.deb $(TOOLS_DIR)/$$pkg.tmp && \
+	  rm -rf $(TOOLS_DIR)/$$pkg && mv $(TOOLS_DIR)/$$pkg.tmp $(TOOLS_DIR)/$$pkg && \
+	  echo "unpacked $$(basename "$$tmp"/$${pkg}_*.deb) into $(TOOLS_DIR)/$$pkg"; rm -rf "$$tmp"; \
+	done
 
 apt-test:
 	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(TEST_APT_PACKAGES)"

@@ -125,12 +125,27 @@ def busiest(run: dict) -> tuple[str, float] | None:
     return node, sum(shares[node]) / len(shares[node])
 
 
+def engine_levels(run: dict) -> dict:
+    """llama-bench's tokens/s on the head alone and across the split, and the time per generated token the split
+    adds at the engine level (no HTTP, no server scheduling: the workers' share and the hand-offs over the link)."""
+    probes = run.get("probes", {})
+
+    def rates(bench: dict | None) -> dict:
+        return {k: ((bench or {}).get(k) or {}).get("tokens_per_second") for k in ("prompt", "generation")}
+
+    out = {"name": run.get("context", {}).get("engine", {}).get("name"), "alone": rates(probes.get("engine_bench")),
+           "split": rates(probes.get("engine_bench_split"))}
+    g1, g2 = out["alone"]["generation"], out["split"]["generation"]
+    out["split_ms_per_token"] = 1e3 / g2 - 1e3 / g1 if g1 and g2 else None
+    return out
+
+
 def analyse(run: dict) -> dict:
     p = _point(run)
     itl = _stat(p, "inter_token_latency")
     mem, lnk = memory(run), link(run)
     out = {"itl_ms": itl, "concurrency": p["concurrency"] if p else None, "memory": mem, "link": lnk,
-           "prefill": prefill(run), "scaling": scaling(run), "busiest": busiest(run)}
+           "prefill": prefill(run), "scaling": scaling(run), "busiest": busiest(run), "engine": engine_levels(run)}
     if not itl:
         out["verdict"] = "No verdict: the run has no decode measurement (no streamed tokens)."
         return out
@@ -182,8 +197,10 @@ def _verdict(binding: str, itl: float, a: dict) -> str:
                          f"blocking round trips per token at {lnk['gbit']:.2f} Gbit/s and {lnk['rtt_ms']:.3f} ms RTT) "
                          f"{lnk['ms_per_token']:.3f} ms, {_pct(lnk['ms_per_token'], itl)}")
     elif lnk:
-        evidence_link = (f"the link carried {lnk['bytes_per_token'] / 1e3:.1f} kB per token (round trips not logged: "
-                         f"inference.debug is off)")
+        why = ("inference.debug is off" if a["engine"]["name"] == "llama_cpp"
+               else "only llama.cpp's RPC workers log their computations")
+        evidence_link = (f"the link carried {lnk['bytes_per_token'] / 1e3:.1f} kB per token (round trips not counted: "
+                         f"{why})")
     else:
         evidence_link = "no link (one node)"
     head = f"decode takes {itl:.2f} ms per token at concurrency {a['concurrency']}: {evidence_mem}; {evidence_link}"

@@ -9,7 +9,8 @@
   Sampler(...)                once a second during the sweep, per node: CPU busy, fabric bytes/s (the timeline)
   rpc_round_trips(...)        graph computations the RPC workers logged between two times (inference.debug on):
                               the blocking round trips a token waits for
-  engine_bench(inv, head, …)  llama-bench on the head alone: prompt processing and generation tokens/s
+  engine_bench(inv, head, …)  llama-bench on the head alone, or across the split (the RPC workers; the head's
+                              server paused meanwhile): prompt processing and generation tokens/s
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import threading
 import time
 
 from inference.artifacts import PREFIX
+from inference.service import UNITS
 from onedotzero import ssh
 from onedotzero.errors import UserError
 from onedotzero.inventory import Inventory, Node
@@ -230,10 +232,19 @@ def rpc_round_trips(inv: Inventory, workers: list[Node], since: float, until: fl
 LLAMA_BENCH = f"{PREFIX}/llama_cpp/current/bin/llama-bench"
 
 
-def engine_bench(inv: Inventory, head: Node, model_path: str, threads: int, prompt: int, gen: int) -> dict:
-    """llama-bench on the head alone (its GPU, or its CPU): prompt processing and generation tokens/s."""
-    cmd = shlex.join([LLAMA_BENCH, "-m", model_path, "-p", str(prompt), "-n", str(gen), "-t", str(threads),
-                      "-r", "2", "-o", "json"])
+def engine_bench(inv: Inventory, head: Node, model_path: str, threads: int, prompt: int, gen: int,
+                 split: tuple[str, int | str] | None = None) -> dict:
+    """llama-bench on the head: prompt processing and generation tokens/s. Alone (its GPU, or its CPU), or with
+    split=(rpc, gpu_layers) across the RPC workers as the engine splits the model. The workers serve one client at
+    a time, so the head's server is stopped for it and started again whatever happens (the caller waits for it)."""
+    argv = [LLAMA_BENCH, "-m", model_path, "-p", str(prompt), "-n", str(gen), "-t", str(threads), "-r", "2",
+            "-o", "json"]
+    cmd = shlex.join(argv)
+    if split:
+        argv += ["--rpc", split[0], "-ngl", str(split[1])]
+        unit = UNITS["llama_cpp"]["head"]
+        cmd = (f"trap 'sudo -n systemctl start {unit}' EXIT; sudo -n systemctl stop {unit} && "
+               f"{shlex.join(argv)}")
     r = ssh.run(inv, head, cmd, timeout=900)
     if not r.ok:
         return {"error": f"llama-bench on {head.name}: {r.reason()}"}

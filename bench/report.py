@@ -2,7 +2,8 @@
 stored runs only. The same runs give the same bytes: no clock, no host name, PNGs without a Software stamp.
 
   plots     latency vs load (TTFT, ITL, end to end), throughput vs concurrency (aggregate, per user), per-node
-            CPU and fabric traffic over the sweep (sampled once a second; each load point's time shaded)
+            CPU and fabric traffic over the sweep (sampled once a second; each load point's time shaded); what
+            Prometheus scraped meanwhile (CPU, memory, every NIC, the engine's tokens/s, GPU gauges where exported)
   analysis  per run: the decode time per token split into memory, link and the rest (bench/analysis.py)
   last line the binding constraint and its evidence (and, across runs on different links, what the link costs)
 """
@@ -15,6 +16,7 @@ import io
 import json
 
 from bench import analysis
+from telemetry import prometheus
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
@@ -94,7 +96,69 @@ def _plots(runs: list[dict]) -> list[tuple[str, str]]:
             axes[r][0].legend(fontsize=7)
     fig.tight_layout()
     out.append(("Per-node utilisation and link traffic over the sweep", _png(fig)))
+    scraped = [run for run in runs if run.get("telemetry", {}).get("series")]
+    if scraped:
+        out.append(("Telemetry from Prometheus over the sweep", _telemetry_plot(plt, scraped)))
     return out
+
+
+def _telemetry_plot(plt, runs: list[dict]) -> str:
+    """Per run: CPU busy, memory in use, every NIC's traffic, the engine's tokens/s and, where a node exports any,
+    its GPU gauges; seconds from the sweep's start, one line per node (and device or gauge)."""
+    gpu_any = any(prometheus.gpu_series(r["telemetry"]) for r in runs)
+    titles = ["CPU busy (%)", "memory in use (GiB)", "NIC sent (kB/s)", "engine tokens/s"]
+    titles += ["GPU"] if gpu_any else []
+    fig, axes = plt.subplots(len(runs), len(titles), figsize=(3.1 * len(titles), 2.6 * len(runs)), squeeze=False)
+    for r, run in enumerate(runs):
+        t = run["telemetry"]
+        t0 = t["start"]
+        lines = [[(node, xs, 100) for node, xs in sorted(prometheus.cpu_busy(t).items())],
+                 [(node, xs, 2 ** -30) for node, xs in sorted(prometheus.memory_used(t).items())],
+                 [(f"{node} {dev}", xs, 1e-3) for (node, dev), xs in sorted(prometheus.net_rates(t).items())],
+                 [("engine", prometheus.engine_tokens(t), 1)]]
+        if gpu_any:
+            lines.append([(f"{node} {name}", xs, 1) for (node, name), xs in sorted(prometheus.gpu_series(t).items())])
+        for ax, title, series in zip(axes[r], titles, lines, strict=True):
+            for j, (label, xs, scale) in enumerate(series):
+                ax.plot([x[0] - t0 for x in xs], [x[1] * scale for x in xs], color=COLORS[j % len(COLORS)],
+                        label=label)
+            if not series or not any(xs for _, xs, _ in series):
+                ax.text(0.5, 0.5, "nothing exported", ha="center", transform=ax.transAxes, fontsize=8)
+            ax.set_title(f"{run['id']}: {title}", fontsize=8)
+            ax.set_xlabel("seconds into the sweep")
+            ax.set_ylim(bottom=0)
+            ax.grid(alpha=0.3)
+            if 0 < len(series) <= 6:
+                ax.legend(fontsize=6)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _telemetry_html(run: dict) -> str:
+    """Per node: CPU busy (mean, peak), memory in use (peak), each NIC's peak traffic, and its GPU gauges' peaks or
+    why there are none; the targets' scrape health."""
+    t = run.get("telemetry")
+    if not t:
+        return "<p>No telemetry was recorded with this run.</p>"
+    if "error" in t:
+        return (f"<p>No telemetry: Prometheus at {html.escape(t['url'])} could not be read "
+                f"({html.escape(t['error'])}).</p>")
+    cpu, mem, net = prometheus.cpu_busy(t), prometheus.memory_used(t), prometheus.net_rates(t)
+    gpu = prometheus.gpu_series(t)
+    rows = [("node", "CPU busy mean %", "CPU busy peak %", "memory peak GiB", "NIC peak sent kB/s", "GPU peaks")]
+    for node in run["context"]["topology"]["nodes"]:
+        busy = [v for _, v in cpu.get(node, [])]
+        used = [v for _, v in mem.get(node, [])]
+        nics = ", ".join(f"{dev} {max((v for _, v in xs), default=0) / 1e3:.1f}"
+                         for (n, dev), xs in sorted(net.items()) if n == node)
+        gpus = ", ".join(f"{name} {max((v for _, v in xs), default=0):g}"
+                         for (n, name), xs in sorted(gpu.items()) if n == node) or "none exported (no GPU figures)"
+        rows.append((node, _fmt(sum(busy) / len(busy) * 100 if busy else None, ".0f"),
+                     _fmt(max(busy) * 100 if busy else None, ".0f"), _fmt(max(used) / 2 ** 30 if used else None),
+                     nics or "-", gpus))
+    up = ", ".join(f"{target} {share * 100:.0f}%" for target, share in sorted(prometheus.health(t).items()))
+    return (_table(rows) + f"<p>Prometheus every {t['step']:g} s; scrapes that succeeded: {html.escape(up or 'none')}"
+            "</p>")
 
 
 def _fmt(x, spec: str = ".2f", none: str = "-") -> str:
@@ -149,9 +213,16 @@ def _analysis_html(run: dict, a: dict) -> str:
                      f"{_fmt(lnk.get('ms_per_token'), '.3f')} ms per token; at the kind's nominal "
                      f"{_fmt(lnk['nominal_rtt_ms'], '.3f')} ms RTT: {_fmt(lnk.get('ms_per_token_nominal'), '.3f')} ms")
     if pr.get("tokens_per_second"):
+        alone = (f"; the head alone (llama-bench): {pr['engine_alone']:.1f} tokens/s" if pr["engine_alone"]
+                 else " (no llama-bench figure: llama.cpp only)")
         lines.append(f"prefill: {_fmt(pr['prompt_tokens'], '.0f')} prompt tokens in {_fmt(pr['ttft_ms'])} ms = "
-                     f"{pr['tokens_per_second']:.1f} tokens/s through the endpoint; the head alone (llama-bench): "
-                     f"{_fmt(pr['engine_alone'], '.1f')} tokens/s")
+                     f"{pr['tokens_per_second']:.1f} tokens/s through the endpoint{alone}")
+    eng = a["engine"]
+    if eng["split"]["generation"]:
+        lines.append(f"llama-bench generation: {_fmt(eng['alone']['generation'], '.1f')} tokens/s on the head alone, "
+                     f"{eng['split']['generation']:.1f} across the split ({_fmt(eng['split_ms_per_token'], '+.2f')} ms "
+                     f"per token); prompt: {_fmt(eng['alone']['prompt'], '.1f')} alone, "
+                     f"{_fmt(eng['split']['prompt'], '.1f')} across the split")
     if sc.get("gain"):
         lines.append(f"concurrency {sc['points'][0][0]} -> {sc['points'][-1][0]}: aggregate tokens/s x{sc['gain']:.2f} "
                      f"(ideal x{sc['ideal']:.0f})")
@@ -203,7 +274,8 @@ def render(runs: list[dict]) -> str:
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{src}'>")
     for run, a in zip(runs, found, strict=True):
         parts += [f"<h2>Run {html.escape(run['id'])}</h2>", _table(_point_rows(run)), "<h3>Analysis</h3>",
-                  _analysis_html(run, a), "<details><summary>context</summary><pre>",
+                  _analysis_html(run, a), "<h3>Telemetry</h3>", _telemetry_html(run),
+                  "<details><summary>context</summary><pre>",
                   html.escape(json.dumps(run["context"], indent=1, sort_keys=True)), "</pre></details>"]
     parts.append(f"<p id=conclusion>{html.escape(conclusion(runs, found))}</p></body></html>\n")
     return "".join(parts)

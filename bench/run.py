@@ -6,7 +6,8 @@ node (in the virtual cluster: in the testbed's namespace, which plays it). The o
   2. probes       per serving node a STREAM-like memory bandwidth; the fabric's links between them (iperf3 and
                   ping, as `fabric test`); llama-bench on the head alone
   3. sweep        AIPerf at every (prompt, output) shape x concurrency, node counters read between points and
-                  sampled once a second throughout (the timeline)
+                  sampled once a second throughout (the timeline); then what the control node's Prometheus
+                  scraped meanwhile (node exporters, GPU telemetry where there is a GPU, the engine's /metrics)
   4. round trips  one request of known length, the RPC workers' graph computations counted for it (debug on)
   5. publish      run.json with everything, in the results folder, renamed into place whole
 """
@@ -23,14 +24,17 @@ from pathlib import Path
 
 import requests
 
+import telemetry
 from bench import loadgen, probe, results
 from fabric import check as fabric_check
 from inference import artifacts
 from inference import service as inference
 from models.store import ModelRef, model_store
+from onedotzero import ssh
 from onedotzero.errors import UserError
 from onedotzero.inventory import Inventory
 from onedotzero.log import step
+from telemetry import prometheus
 
 SCHEMA = results.SCHEMA
 # Request fields per engine. llama.cpp's server reuses the KV cache of a prompt it has seen (AIPerf's prompts
@@ -135,7 +139,41 @@ def probes(inv: Inventory, plan: dict, ctx: dict, sweep: Sweep) -> dict:
         with step(f"bench: llama-bench on {head.name} alone"):
             out["engine_bench"] = probe.engine_bench(inv, head, plan["model"]["path"], ctx["engine"]["threads"],
                                                      shape[0], shape[1])
+        workers = ctx["topology"]["workers"]
+        if workers:
+            rpc = ",".join(f"{plan['nodes'][w]['address']}:{plan['nodes'][w]['port']}" for w in workers)
+            gpu_layers = plan["nodes"][head.name]["env"]["GPU_LAYERS"]
+            try:
+                with step(f"bench: llama-bench across the split ({head.name} + {', '.join(workers)}; "
+                          f"the engine's server paused)"):
+                    out["engine_bench_split"] = probe.engine_bench(
+                        inv, head, plan["model"]["path"], ctx["engine"]["threads"], shape[0], shape[1],
+                        split=(rpc, gpu_layers))
+            finally:
+                resume(inv, plan, head.name)
     return out
+
+
+def healthy(plan: dict, head: str) -> bool:
+    node = plan["nodes"][head]
+    try:
+        return requests.get(f"http://{node['address']}:{node['port']}/health", timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def resume(inv: Inventory, plan: dict, head: str, timeout: float = 600) -> None:
+    """After a probe that paused the head's server: start it (a no-op if the probe's own trap did) and wait until
+    it serves again, or stop the run."""
+    unit = inference.UNITS[plan["engine"]]["head"]
+    ssh.run(inv, inv.node(head), f"sudo -n systemctl start {unit}", timeout=60)
+    deadline = time.monotonic() + timeout
+    with step(f"bench: {unit} on {head} serving again"):
+        while not healthy(plan, head):
+            if time.monotonic() > deadline:
+                raise UserError(f"{unit} on {head} did not come back after llama-bench",
+                                "see `./cluster.py inference status`; `inference up` restarts it")
+            time.sleep(2)
 
 
 def _addresses(inv: Inventory, nodes: list[str]) -> dict[str, list[str]]:
@@ -178,6 +216,23 @@ def round_trips(inv: Inventory, plan: dict, url: str, ctx: dict, api_key: str | 
     return out
 
 
+def collect_telemetry(inv: Inventory, nodes: list[str], start: float, end: float,
+                      say: Callable[[str], None]) -> dict:
+    """Step 3's end: what the control node's Prometheus scraped from the serving nodes and the engine during the
+    sweep (after one more scrape interval, so that the sweep's last seconds are in)."""
+    time.sleep(telemetry.SCRAPE_SECONDS + 1)
+    url = f"http://{inv.control.address}:{telemetry.PROMETHEUS_PORT}"
+    with step("bench: telemetry from Prometheus"):
+        scraped = prometheus.collect(url, nodes, start, end, telemetry.SCRAPE_SECONDS)
+    if "error" in scraped:
+        say(f"warning: no telemetry from Prometheus at {url} ({scraped['error']}); the run is recorded without it")
+    else:
+        down = [t for t, share in prometheus.health(scraped).items() if share < 1]
+        say(f"telemetry: {sum(map(len, scraped['series'].values()))} series from Prometheus"
+            + (f"; scrapes failed at times for {', '.join(down)}" if down else ""))
+    return scraped
+
+
 def run(inv: Inventory, sweep: Sweep, results_dir: Path, say: Callable[[str], None]) -> Path:
     """Steps 1-5; returns the published run's folder. Nothing is published if any step fails."""
     plan = inference.applied(inv)
@@ -185,11 +240,7 @@ def run(inv: Inventory, sweep: Sweep, results_dir: Path, say: Callable[[str], No
     url = f"http://{inv.control.address}:{s.port}"
     head_name, _ = parts(plan)
     head = plan["nodes"][head_name]
-    try:
-        healthy = requests.get(f"http://{head['address']}:{head['port']}/health", timeout=5).status_code == 200
-    except requests.RequestException:
-        healthy = False
-    if not healthy:
+    if not healthy(plan, head_name):
         raise UserError(f"the engine on {head_name} is not healthy", "see `./cluster.py inference status`")
     api_key = s.api_key_file.read_text().strip() if s.api_key_file else None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -205,6 +256,7 @@ def run(inv: Inventory, sweep: Sweep, results_dir: Path, say: Callable[[str], No
         metrics = [f"http://{head['address']}:{head['port']}/metrics"]
         points = []
         before = probe.counters(inv, nodes, addrs)
+        sweep_start = time.time()
         with probe.Sampler(inv, nodes, addrs) as sampler:
             for point in sweep.points():
                 t0, start = time.monotonic(), sampler.now()
@@ -225,12 +277,14 @@ def run(inv: Inventory, sweep: Sweep, results_dir: Path, say: Callable[[str], No
                 say(f"{point.name}: {tps:.1f} tokens/s" if tps is not None else f"{point.name}: no tokens")
         timeline = {"interval": sampler.interval, "columns": ["seconds", "cpu_busy", "fabric_tx_Bps", "fabric_rx_Bps"],
                     "nodes": sampler.samples}
+        scraped = collect_telemetry(inv, ctx["topology"]["nodes"], sweep_start, time.time(), say)
         trips = round_trips(inv, plan, url, ctx, api_key) if sweep.probes else {}
         run_data = {"schema": SCHEMA, "id": run_id, "context": ctx, "sweep": {
             "concurrency": list(sweep.concurrency), "shapes": [list(x) for x in sweep.shapes],
             "requests": sweep.requests, "slo": dict(sweep.slo), "load_generator": f"aiperf {loadgen.AIPERF}",
             "request_fields": REQUEST_FIELDS[plan["engine"]]},
-            "probes": {**measured, "round_trips": trips}, "points": points, "timeline": timeline}
+            "probes": {**measured, "round_trips": trips}, "points": points, "timeline": timeline,
+            "telemetry": scraped}
         return results.publish(tmp, run_data)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -8,8 +8,8 @@ Execution flow (build_image shows it too):
   2. stage_inputs     on host: a hash per stage of everything that stage's output depends on
   3. bootstrap_base   on host: debootstrap into ctx.rootfs                 (cached as base-<key>.tar.zst)
   4. configure_tree   in chroot: playbooks/image.yml via community.general.chroot, in two layers:
-                        configure  the base roles (base, netroot, wol)  (cached as configure-<key>, shared
-                                   by every image of the distribution: their variables are the same)
+                        configure  the base roles (base, netroot, wol, node_exporter)  (cached as configure-<key>,
+                                   shared by every image of the distribution: their variables are the same)
                         roles      the image's own roles (hardware, fabric, engines)  (cached as roles-<key>);
                                    engines the roles install are built first as cached artefacts, in a chroot
                                    of the base tree (inference/artifacts.py, ensure_artifacts)

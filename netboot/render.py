@@ -26,6 +26,7 @@ from pathlib import Path
 
 import jinja2
 
+import telemetry
 from image import seed as seed_mod
 from image.store import Store, Version
 from onedotzero import paths, roles
@@ -40,6 +41,8 @@ SERVICE_FILES = {
     "ganesha": "etc/ganesha/onedotzero.conf",
     "tftp-hook": "usr/local/libexec/onedotzero-tftp-done",  # dnsmasq's dhcp-script: ends `boot --once`
     "firewall": "etc/onedotzero/firewall.nft",  # nothing from other networks opens connections to nodes
+    "prometheus": "etc/prometheus/prometheus.yml",  # the nodes' exporters and the engine (telemetry/)
+    "prometheus-unit": "etc/systemd/system/prometheus.service.d/onedotzero.conf",  # its address and store
 }
 EXECUTABLE = {SERVICE_FILES["tftp-hook"]}
 # Boot loaders copied into the TFTP root, from Debian/Ubuntu packages (pxelinux, syslinux-common, ipxe).
@@ -156,6 +159,15 @@ def edited(text: str) -> bool:
     return hashlib.sha256(f"{body}\n".encode()).hexdigest() != last.removeprefix(CHECKSUM_MARK).strip()
 
 
+def prometheus_argv(inv: Inventory, config: str = "/etc/prometheus/prometheus.yml",
+                    storage: str = "/var/lib/prometheus/metrics2/") -> list[str]:
+    """Prometheus's command line: Debian's paths on a control node (the testbed passes its own), listening on
+    the control node's compute address, the store bounded in time and size."""
+    return ["/usr/bin/prometheus", f"--config.file={config}", f"--storage.tsdb.path={storage}",
+            "--storage.tsdb.retention.time=30d", "--storage.tsdb.retention.size=10GB",
+            f"--web.listen-address={inv.control.address}:{telemetry.PROMETHEUS_PORT}"]
+
+
 def service_files(inv: Inventory, opts: RenderOptions = RenderOptions()) -> dict[str, str]:
     """The control node's service drop-ins (sealed), keyed by path relative to the deploy root."""
     ctx = {
@@ -170,6 +182,9 @@ def service_files(inv: Inventory, opts: RenderOptions = RenderOptions()) -> dict
         "tftp_hook": os.path.join(opts.deploy_root, SERVICE_FILES["tftp-hook"]),
         "inference": inv.inference,
         "head_ip": inv.node(inv.inference.head).ip if inv.inference else None,
+        "scrape_seconds": telemetry.SCRAPE_SECONDS,
+        "node_exporter_port": telemetry.NODE_EXPORTER_PORT,
+        "prometheus_command": " ".join(prometheus_argv(inv)),
     }
     return {rel: seal(render(f"{rel}.j2", **ctx)) for rel in SERVICE_FILES.values()}
 

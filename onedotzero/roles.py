@@ -14,13 +14,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import telemetry
 from fabric import topology
 from inference import artifacts
 from onedotzero import profiles
 from onedotzero.errors import UserError
 from onedotzero.inventory import Inventory, Node
 
-BASE_ROLES = ("base", "netroot", "wol")  # every golden image, in this order
+BASE_ROLES = ("base", "netroot", "wol", "node_exporter")  # every golden image, in this order
 IMAGE_ONLY_ROLES = frozenset({"netroot"})  # image builds only: it deletes the tree's SSH host keys
 SHARED_ROLES = ("packages",)  # included by other roles: part of every image, whatever its role list
 
@@ -92,6 +93,10 @@ def _wol(inv: Inventory, nodes: tuple[Node, ...]) -> dict:
     return {"wol_macs": [n.mac for n in inv.nodes]}
 
 
+def _node_exporter(inv: Inventory, nodes: tuple[Node, ...]) -> dict:
+    return {"node_exporter_port": telemetry.NODE_EXPORTER_PORT}  # where the control node's Prometheus scrapes
+
+
 def _fabric(inv: Inventory, nodes: tuple[Node, ...]) -> dict:
     return topology.role_vars(inv, nodes)
 
@@ -114,7 +119,7 @@ def _gpu_users(role: str) -> Callable[[Inventory, tuple[Node, ...]], dict]:
 
 
 ROLE_VARS: dict[str, Callable[[Inventory, tuple[Node, ...]], dict]] = {
-    "base": _base, "netroot": _netroot, "wol": _wol, "fabric": _fabric,
+    "base": _base, "netroot": _netroot, "wol": _wol, "node_exporter": _node_exporter, "fabric": _fabric,
     **{role: _gpu_users(role) for role in ("intel_arc", "amd_gpu", "soft_gpu")},
     "llama_cpp": _engine("llama_cpp"), "vllm": _engine("vllm"),
 }

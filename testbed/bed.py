@@ -2,8 +2,8 @@
 
 Runs on the host as root. Everything lives in network namespaces the testbed creates:
   odz-<name>          the control node's side of compute_interface: the bridge (192.168.1.1/24), dnsmasq,
-                      nginx, rpcbind + nfs-ganesha started from the files `netboot.render.deploy` writes for
-                      a real control node, and the Wake-on-LAN listener
+                      nginx, rpcbind + nfs-ganesha, Prometheus started from the files `netboot.render.deploy` writes
+                      for a real control node, and the Wake-on-LAN listener
   tap<i>              one per QEMU node, on the bridge (testbed/nodes.py QemuNode)
   odz-<name>-<node>   one per container node, its veth on the bridge; fabric cables between them
                       (testbed/links.py)
@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import telemetry
 from netboot import render
 from onedotzero.errors import UserError
 from onedotzero.inventory import Inventory
@@ -31,7 +32,10 @@ from onedotzero.proc import check_interrupt, require_tools, run
 from testbed import base, links, nodes
 from testbed.base import NODES_FILE, STATE_ROOT, NodeSpec, ns_argv, read_specs, running_pid, start_node, stop_pid
 
-SERVICES = ("rpcbind", "ganesha", "dnsmasq", "nginx", "wol")
+SERVICES = ("rpcbind", "ganesha", "dnsmasq", "nginx", "prometheus", "wol")
+# Debian's Prometheus, unpacked by `make setup` (installing the package would start one in the machine's own
+# network namespace); one on PATH is used first.
+PROMETHEUS = Path("/var/cache/onedotzero/tools/prometheus/usr/bin/prometheus")
 MODELS_ROOT = STATE_ROOT / "models"  # container nodes' /models: kept across `down`, like their SSDs
 
 
@@ -103,6 +107,9 @@ class Testbed:
         if os.geteuid() != 0:
             raise UserError("the virtual cluster needs root (network namespaces, taps)", "run it with sudo")
         require_tools(*self.tools, *{t for d in self.drivers for t in d.tools})
+        if "prometheus" in self.services and not prometheus_binary():
+            raise UserError(f"the virtual control node's Prometheus is missing (not on PATH, not at {PROMETHEUS})",
+                            "run `sudo make setup`: it unpacks Debian's prometheus package there")
         if self.exists():
             raise UserError(f"testbed {self.name!r} is already up (namespace {self.ns})",
                             f"stop it first: ./cluster.py -i {self.inv.path} testbed down")
@@ -195,8 +202,13 @@ class Testbed:
         ], pid_from_file=dnsmasq_pid)
         self._spawn("nginx", ["nginx", "-c", str(self.path("etc/nginx.conf"))],
                     pid_from_file=self.path("run/nginx.pid"))
+        # Prometheus on the rendered config and command line, its store in the state directory.
+        argv = render.prometheus_argv(self.inv, str(self.path(render.SERVICE_FILES["prometheus"])),
+                                      str(self.path("prometheus")))
+        self._spawn("prometheus", [str(prometheus_binary()), *argv[1:]])
         self._wait_port(self.inv.control.address, 80, "nginx")
         self._wait_port(self.inv.control.address, 2049, "nfs-ganesha", timeout=30)
+        self._wait_port(self.inv.control.address, telemetry.PROMETHEUS_PORT, "prometheus", timeout=30)
 
     def _wait_port(self, host, port: int, what: str, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
@@ -275,3 +287,8 @@ class Testbed:
             text = f.read_text(errors="replace").splitlines()[-lines:]
             out.append(f"==> {f} <==\n" + "\n".join(text))
         return "\n".join(out)
+
+
+def prometheus_binary() -> Path | None:
+    found = shutil.which("prometheus")
+    return Path(found) if found else (PROMETHEUS if PROMETHEUS.is_file() else None)

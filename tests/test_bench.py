@@ -47,6 +47,8 @@ def a_run(run_id: str = "20261129T060000Z-usb4", kind: str = "usb4", gbit: float
                    "links": [{"name": "node2-node3", "kind": kind, "forward_gbit": gbit, "reverse_gbit": gbit + 2,
                               "rtt_ms": 0.1, "error": ""}],
                    "engine_bench": {"prompt": {"tokens_per_second": 700.0}, "generation": {"tokens_per_second": 50}},
+                   "engine_bench_split": {"prompt": {"tokens_per_second": 600.0},
+                                          "generation": {"tokens_per_second": 40}},
                    "round_trips": {"completion_tokens": 32, "prompt_tokens": 10, "fabric_bytes": 32 * 4000,
                                    "graph_computes": {"node3": 40}}},
         "points": [{**point(1, itl, 200.0, 1000 / itl, {"node2": 0.5, "node3": 0.4}), "window": [0.1, 5.0]},
@@ -136,6 +138,17 @@ def test_prefill_and_scaling_come_from_the_points():
     assert a["prefill"]["tokens_per_second"] == pytest.approx(140 / 0.2)
     assert a["prefill"]["ratio"] == pytest.approx(1.0)
     assert a["scaling"]["gain"] == pytest.approx(1.6) and a["scaling"]["ideal"] == 2
+
+
+def test_llama_bench_alone_and_across_the_split_give_what_the_split_adds_per_token():
+    eng = analysis.analyse(a_run())["engine"]
+    assert eng["alone"] == {"prompt": 700.0, "generation": 50} and eng["split"] == {"prompt": 600.0, "generation": 40}
+    assert eng["split_ms_per_token"] == pytest.approx(25.0 - 20.0)
+    alone = a_run()
+    del alone["probes"]["engine_bench_split"]  # one node: no split to compare
+    assert analysis.analyse(alone)["engine"]["split_ms_per_token"] is None
+    assert "llama-bench generation: 50.0 tokens/s on the head alone, 40.0 across the split (+5.00 ms per token)" \
+        in report.render([a_run()])
 
 
 def test_a_report_regenerated_from_stored_runs_is_identical(tmp_path):

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import make_testbed_inventory, needs_root, run_cli, running
 
+import telemetry
 from image.store import ImageRef, Store
 from netboot import render
 from onedotzero import inventory, ssh
@@ -46,9 +48,9 @@ def bed(golden_build, workdir):
 
 
 def test_the_control_vm_serves_what_the_playbook_installed(bed):
-    out = bed.control_ssh("sudo systemctl is-active dnsmasq nginx nfs-server; sudo exportfs -v; "
+    out = bed.control_ssh("sudo systemctl is-active dnsmasq nginx nfs-server prometheus; sudo exportfs -v; "
                           "cat /etc/dnsmasq.d/onedotzero.conf")
-    assert out.split("\n")[:3] == ["active"] * 3, out
+    assert out.split("\n")[:4] == ["active"] * 4, out
     assert f"{bed.inv.image.store}\n\t\t{bed.inv.control.subnet}(" in out and ",ro," in out, "read-only, subnet only"
     assert render.service_files(bed.inv)["etc/dnsmasq.d/onedotzero.conf"] in out, "the toolkit's rendered drop-in"
     # The namespace only plays a workstation now: the bootstrap DHCP/HTTP servers are gone.
@@ -80,6 +82,15 @@ def test_a_uefi_node_pxe_boots_the_golden_image_from_the_control_vm(bed, golden_
     assert f"{node.mac} {node.ip} node0" in served, "the lease came from the control VM's dnsmasq"
     assert f'{node.ip} - - ' in served and f"/boot/{node.mac_hyphen}.ipxe HTTP/1.1\" 200" in served, \
         "the node's own boot script, from the control VM's nginx"
+    # The playbook's Prometheus scrapes the exporter the golden image runs (on the compute address, 9090).
+    url = f"http://{bed.inv.control.address}:{telemetry.PROMETHEUS_PORT}/api/v1/targets"
+    query = (f"import json, urllib.request; t = json.load(urllib.request.urlopen('{url}'))['data']['activeTargets']; "
+             f"print([x['health'] for x in t if x['labels'].get('node') == 'node0' and x['labels']['job'] == 'node'])")
+    deadline = time.monotonic() + 120
+    while (health := subprocess.run(bed.ns_argv([sys.executable, "-c", query]), capture_output=True,
+                                    text=True)).stdout.strip() != "['up']" and time.monotonic() < deadline:
+        time.sleep(3)
+    assert health.stdout.strip() == "['up']", health.stdout + health.stderr
 
 
 def test_down_ends_the_control_vm(bed):

@@ -22,6 +22,7 @@ import pytest
 from conftest import REPO, boot_session_images, needs_root, run_cli, running
 
 from onedotzero import inventory, profiles, ssh
+from telemetry import prometheus
 from testbed.bed import Testbed
 from testbed.links import shape
 from testbed.tiny_model import write_gguf, write_hf
@@ -354,6 +355,9 @@ def test_bench_compares_links_and_one_node_and_names_the_bottleneck(bed, workdir
         assert run["context"]["images"]["node2"]["version"], run["context"]["images"]
         assert run["probes"]["bandwidth_gbs"]["node2"] > 0.1
         assert run["probes"]["engine_bench"]["generation"]["tokens_per_second"] > 0, run["probes"]["engine_bench"]
+        split = run["probes"].get("engine_bench_split")  # llama-bench over the RPC workers, the server paused
+        assert (split or {}).get("generation", {}).get("tokens_per_second", 0) > 0 if label != "one-node" \
+            else split is None, (label, split)
     links = {k: data[k]["probes"]["links"][0] for k in ("usb4", "gbe")}
     assert [data[k]["context"]["topology"]["links"][0]["kind"] for k in ("usb4", "gbe")] == ["usb4", "gbe"]
     assert links["gbe"]["forward_gbit"] < 1.2 < links["usb4"]["forward_gbit"], links  # the cables as shaped
@@ -371,6 +375,20 @@ def test_bench_compares_links_and_one_node_and_names_the_bottleneck(bed, workdir
         assert 0 < w1 - w0 < 60, (label, w0, w1)
         during = [r[2] for r in tl["node2"] if w0 < r[0] < w1 + run["timeline"]["interval"]]
         assert (max(during) > 0) == (label != "one-node"), (label, during)  # the split sends over the fabric
+    for label, run in data.items():  # the same sweep as the control node's Prometheus scraped it
+        t, serving = run["telemetry"], run["context"]["topology"]["nodes"]
+        assert "error" not in t, (label, t)
+        health = prometheus.health(t)  # every node's exporter and the engine answered every scrape
+        assert {f"node/{n}" for n in serving} | {f"engine/{serving[0]}"} <= set(health), (label, health)
+        assert all(share == 1 for share in health.values()), (label, health)
+        busy = prometheus.cpu_busy(t)
+        assert sorted(busy) == serving and all(0 <= v <= 1 for xs in busy.values() for _, v in xs), (label, busy)
+        assert max(v for _, v in prometheus.memory_used(t)["node2"]) > 1 << 20, label
+        assert max((v for _, v in prometheus.engine_tokens(t)), default=0) > 0, (label, t["series"]["engine"][:3])
+        sent = {dev: max((v for _, v in xs), default=0) for (n, dev), xs in prometheus.net_rates(t).items()
+                if n == "node2"}
+        assert (sent.get("fab-node3", 0) > 0) == (label != "one-node"), (label, sent)  # the split, on the fabric
+        assert prometheus.gpu_series(t) == {}, "CPU-only nodes export no GPU figures, and none are made up"
     assert data["usb4"]["context"]["inventory"]["fingerprint"] != data["gbe"]["context"]["inventory"]["fingerprint"]
 
     listed = bench(bed, res, "list")

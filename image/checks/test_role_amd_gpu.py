@@ -11,3 +11,9 @@ def test_vulkan_and_opencl_from_mesa(host):
 def test_the_admin_is_in_the_device_groups(host, expect):
     for user in expect["amd_gpu_users"]:
         assert {"render", "video"} <= set(host.user(user).groups)
+
+
+def test_the_node_exporter_reads_amdgpu(host, expect):
+    if expect.get("amd_gpu_metrics", True):
+        drop_in = host.file("/etc/systemd/system/prometheus-node-exporter.service.d/onedotzero-amdgpu.conf")
+        assert drop_in.contains("--collector.drm")

@@ -21,3 +21,11 @@ def test_compute_runtime_vulkan_and_firmware(host):
 def test_the_admin_is_in_the_device_groups(host, expect):
     for user in expect["intel_arc_users"]:
         assert {"render", "video"} <= set(host.user(user).groups)
+
+
+def test_intel_gpu_top_feeds_the_node_exporter(host):
+    assert host.package("intel-gpu-tools").is_installed
+    assert host.file("/usr/local/libexec/onedotzero-gpu-metrics").mode & 0o111
+    assert host.file("/etc/systemd/system/multi-user.target.wants/onedotzero-gpu-metrics.service").exists
+    unit = host.file("/etc/systemd/system/onedotzero-gpu-metrics.service").content_string
+    assert "intel_gpu_top -J" in unit
