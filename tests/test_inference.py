@@ -109,7 +109,9 @@ def test_the_model_is_split_and_both_nodes_compute(bed):
 def test_cluster_chat_streams_an_answer(bed):
     proc = in_ns(bed, "chat", "What does a fabric link carry?", "--max-tokens", "16")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() and re.search(r"\(\d+ pieces in [\d.]+s, first token after [\d.]+s\)", proc.stderr)
+    # Random weights may answer in whitespace alone: the streamed pieces are the evidence, not the text's look.
+    pieces = re.search(r"\((\d+) pieces in [\d.]+s, first token after [\d.]+s\)", proc.stderr)
+    assert proc.stdout and pieces and int(pieces.group(1)) > 0, (proc.stdout, proc.stderr)
 
 
 @pytest.fixture
