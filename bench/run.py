@@ -154,12 +154,9 @@ def probes(inv: Inventory, plan: dict, ctx: dict, sweep: Sweep) -> dict:
     return out
 
 
-def healthy(plan: dict, head: str) -> bool:
+def _health_url(plan: dict, head: str) -> str:
     node = plan["nodes"][head]
-    try:
-        return requests.get(f"http://{node['address']}:{node['port']}/health", timeout=5).status_code == 200
-    except requests.RequestException:
-        return False
+    return inference.health_url(node["address"], node["port"])
 
 
 def resume(inv: Inventory, plan: dict, head: str, timeout: float = 600) -> None:
@@ -167,13 +164,9 @@ def resume(inv: Inventory, plan: dict, head: str, timeout: float = 600) -> None:
     it serves again, or stop the run."""
     unit = inference.UNITS[plan["engine"]]["head"]
     ssh.run(inv, inv.node(head), f"sudo -n systemctl start {unit}", timeout=60)
-    deadline = time.monotonic() + timeout
-    with step(f"bench: {unit} on {head} serving again"):
-        while not healthy(plan, head):
-            if time.monotonic() > deadline:
-                raise UserError(f"{unit} on {head} did not come back after llama-bench",
-                                "see `./cluster.py inference status`; `inference up` restarts it")
-            time.sleep(2)
+    inference.wait_healthy(_health_url(plan, head), timeout, f"bench: {unit} on {head} serving again",
+                           UserError(f"{unit} on {head} did not come back after llama-bench",
+                                     "see `./cluster.py inference status`; `inference up` restarts it"))
 
 
 def _addresses(inv: Inventory, nodes: list[str]) -> dict[str, list[str]]:
@@ -240,7 +233,7 @@ def run(inv: Inventory, sweep: Sweep, results_dir: Path, say: Callable[[str], No
     url = f"http://{inv.control.address}:{s.port}"
     head_name, _ = parts(plan)
     head = plan["nodes"][head_name]
-    if not healthy(plan, head_name):
+    if not inference.healthy(_health_url(plan, head_name)):
         raise UserError(f"the engine on {head_name} is not healthy", "see `./cluster.py inference status`")
     api_key = s.api_key_file.read_text().strip() if s.api_key_file else None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -129,20 +129,33 @@ def up(inv: Inventory, timeout: float = 600) -> plan_mod.Plan:
     apply(inv, p, [s.head, *s.workers])
     plan_file(inv).parent.mkdir(parents=True, exist_ok=True)
     plan_file(inv).write_text(json.dumps(p.to_vars(), indent=1))
-    url = f"http://{p.head.address}:{p.head.port}/health"
-    deadline = time.monotonic() + timeout
-    with step(f"inference: waiting for {url}"):
-        while True:
-            try:
-                if requests.get(url, timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise UserError(f"the head did not answer {url} within {timeout:.0f}s",
-                                "see `./cluster.py inference logs`")
-            time.sleep(1)
+    url = health_url(p.head.address, p.head.port)
+    wait_healthy(url, timeout, f"inference: waiting for {url}",
+                 UserError(f"the head did not answer {url} within {timeout:.0f}s", "see `./cluster.py inference logs`"))
     return p
+
+
+def health_url(address: str, port: int) -> str:
+    return f"http://{address}:{port}/health"
+
+
+def healthy(url: str) -> bool:
+    """The head's server answers its /health with 200."""
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def wait_healthy(url: str, timeout: float, label: str, failure: UserError) -> None:
+    """Until the head's server is healthy, or raise failure after timeout seconds (`inference up`, and `bench run`
+    after a probe that paused the server)."""
+    deadline = time.monotonic() + timeout
+    with step(label):
+        while not healthy(url):
+            if time.monotonic() > deadline:
+                raise failure
+            time.sleep(1)
 
 
 def down(inv: Inventory) -> None:
